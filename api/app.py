@@ -1,0 +1,43 @@
+"""The FastAPI application: every route under /v1, every error as problem+json."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+
+from api.body_limit import BodySizeLimit
+from api.config import get_settings
+from api.datasets.routes import router as datasets_router
+from api.errors import install_error_handlers
+from api.jobs.routes import router as jobs_router
+from api.projects.routes import router as projects_router
+from api.registry.routes import router as models_router
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="Distillation service",
+        version="0.1.0",
+        openapi_url="/v1/openapi.json",
+        docs_url="/v1/docs",
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    v1 = APIRouter(prefix="/v1")
+
+    @v1.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for router in (projects_router, datasets_router, models_router, jobs_router):
+        v1.include_router(router)
+    app.include_router(v1)
+    app.add_middleware(
+        BodySizeLimit,
+        upload_limit=settings.max_upload_bytes,
+        other_limit=settings.max_spec_bytes,
+    )
+    return app
+
+
+app = create_app()

@@ -1,0 +1,86 @@
+"""Service settings, read from the environment.
+
+With no settings at all the service runs on the *embedded default*: SQLite and a kombu
+SQLAlchemy broker under ``DISTILL_HOME`` (``./.distill``), so nothing needs a server.
+``DATABASE_URL=postgresql+psycopg://…`` and ``BROKER_URL=redis://…`` switch to the real stack.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _home() -> Path:
+    return Path(os.environ.get("DISTILL_HOME", ".distill")).resolve()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DISTILL_", extra="ignore")
+
+    home: Path = Field(default_factory=_home)
+    # DATABASE_URL and BROKER_URL are read without the prefix: they are the usual names.
+    database_url: str = Field(default="", validation_alias="DATABASE_URL")
+    broker_url: str = Field(default="", validation_alias="BROKER_URL")
+    data_root: Path | None = None
+    artifact_root: Path | None = None
+    # Directories under which local model paths may be registered (os.pathsep-separated).
+    model_roots: str = ""
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_spec_bytes: int = 256 * 1024
+    allow_trust_remote_code: bool = False
+    lease_seconds: float = 60.0
+    heartbeat_seconds: float = 10.0
+    max_lease_expiries: int = 3
+    sweep_interval_seconds: float = 15.0
+    # A queued job whose message may have been lost is re-enqueued after this long.
+    requeue_after_seconds: float = 120.0
+    # Redis visibility timeout: above the longest job, so Redis never redelivers a live one.
+    visibility_timeout_seconds: int = 7 * 24 * 3600
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'distill.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.home / 'broker.db'}"
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def resolved_data_root(self) -> Path:
+        return (self.data_root or self.home / "data").resolve()
+
+    @property
+    def resolved_artifact_root(self) -> Path:
+        return (self.artifact_root or self.home / "artifacts").resolve()
+
+    @property
+    def resolved_model_roots(self) -> list[Path]:
+        roots = [Path(p) for p in self.model_roots.split(os.pathsep) if p.strip()]
+        if not roots:
+            roots = [self.home / "models"]
+        return [r.resolve() for r in roots]
+
+    def ensure_dirs(self) -> None:
+        for path in (self.home, self.resolved_data_root, self.resolved_artifact_root):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.ensure_dirs()
+    return settings

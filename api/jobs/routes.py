@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request
+
+from api.deps import CallerDep, EnqueuesDep, SessionDep, SettingsDep
+from api.errors import InvalidInput, NotFound, Unauthorized, problem_responses
+from api.jobs import service
+from api.jobs.schemas import (
+    CheckpointOut,
+    CheckpointPage,
+    EventOut,
+    EventPage,
+    JobOut,
+    JobPage,
+    MetricOut,
+    MetricPage,
+)
+
+router = APIRouter(tags=["jobs"], responses=problem_responses(Unauthorized))
+
+
+@router.post(
+    "/jobs", response_model=JobOut, status_code=201, responses=problem_responses(InvalidInput)
+)
+def create_job(
+    body: Annotated[dict[str, Any], Body(description="A job spec (docs/SPEC.md)")],
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    enqueues: EnqueuesDep,
+) -> JobOut:
+    job = service.create(
+        session=session,
+        settings=settings,
+        enqueues=enqueues,
+        project_id=caller.project_id,
+        body=body,
+    )
+    return JobOut.from_row(job)
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    status: str | None = None,
+    kind: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobPage:
+    """Filter on metadata with ``metadata.<key>=<value>`` query parameters."""
+    metadata = {
+        k.removeprefix("metadata."): v
+        for k, v in request.query_params.items()
+        if k.startswith("metadata.")
+    }
+    rows, next_cursor = service.list(
+        session=session,
+        project_id=caller.project_id,
+        cursor=cursor,
+        limit=limit,
+        status=status,
+        kind=kind,
+        metadata=metadata,
+    )
+    return JobPage(items=[JobOut.from_row(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=problem_responses(NotFound))
+def get_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobOut:
+    return JobOut.from_row(
+        service.get_or_raise(session=session, project_id=caller.project_id, job_id=job_id)
+    )
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=JobOut,
+    responses=problem_responses(NotFound, service.JobNotCancellable),
+)
+def cancel_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobOut:
+    return JobOut.from_row(
+        service.cancel(session=session, project_id=caller.project_id, job_id=job_id)
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/events", response_model=EventPage, responses=problem_responses(NotFound)
+)
+def list_job_events(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    after_id: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> EventPage:
+    rows = service.list_events(
+        session=session, project_id=caller.project_id, job_id=job_id, after_id=after_id, limit=limit
+    )
+    return EventPage(items=[EventOut.model_validate(r) for r in rows])
+
+
+@router.get(
+    "/jobs/{job_id}/metrics", response_model=MetricPage, responses=problem_responses(NotFound)
+)
+def list_job_metrics(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    key: str | None = None,
+    step_min: int | None = None,
+    step_max: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=100000)] = 10000,
+) -> MetricPage:
+    rows = service.list_metrics(
+        session=session,
+        project_id=caller.project_id,
+        job_id=job_id,
+        key=key,
+        step_min=step_min,
+        step_max=step_max,
+        limit=limit,
+    )
+    return MetricPage(items=[MetricOut.model_validate(r) for r in rows])
+
+
+@router.get(
+    "/jobs/{job_id}/checkpoints",
+    response_model=CheckpointPage,
+    responses=problem_responses(NotFound),
+)
+def list_job_checkpoints(job_id: str, caller: CallerDep, session: SessionDep) -> CheckpointPage:
+    rows = service.list_checkpoints(session=session, project_id=caller.project_id, job_id=job_id)
+    return CheckpointPage(items=[CheckpointOut.model_validate(r) for r in rows])

@@ -1,0 +1,150 @@
+"""Job rules: validate and resolve a spec, create, list, cancel. Never commits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from api.config import Settings
+from api.enqueue import PendingEnqueues
+from api.errors import Conflict, InvalidInput, NotFound, field_error
+from api.jobs import repository
+from api.jobs.resolution import resolve_distill
+from api.jobs.spec import JOB_KINDS, DistillSpec
+from models import Checkpoint, Job, JobEvent, Metric, new_id, utcnow
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class JobNotCancellable(Conflict):
+    title = "Job not cancellable"
+
+
+def parse_spec(body: Any) -> DistillSpec:
+    if not isinstance(body, dict):
+        raise field_error(["body"], "the job spec must be a JSON object")
+    kind = body.get("kind")
+    if kind not in JOB_KINDS:
+        raise field_error(["body", "kind"], f"must be one of {', '.join(JOB_KINDS)}")
+    if kind != "distill":
+        raise field_error(["body", "kind"], f"'{kind}' jobs are not available yet; use 'distill'")
+    try:
+        return DistillSpec.model_validate(body)
+    except ValidationError as exc:
+        errors = [
+            {"loc": ["body", *err["loc"]], "msg": err["msg"].removeprefix("Value error, ")}
+            for err in exc.errors()
+        ]
+        first = errors[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{where}: {first['msg']}", errors=errors) from exc
+
+
+def create(
+    *,
+    session: Session,
+    settings: Settings,
+    enqueues: PendingEnqueues,
+    project_id: str,
+    body: Any,
+) -> Job:
+    spec = parse_spec(body)
+    resolved = resolve_distill(session, settings, project_id, spec)
+    now = utcnow()
+    job = Job(
+        id=new_id("job"),
+        project_id=project_id,
+        kind=spec.kind,
+        name=spec.name,
+        status="queued",
+        spec=spec.model_dump(mode="json"),
+        resolved=resolved,
+        metadata_=dict(spec.metadata),
+        queue=spec.resources.queue,
+        enqueued_at=now,
+    )
+    repository.add(session, job)
+    repository.add(
+        session, JobEvent(job_id=job.id, level="info", message="job validated and queued")
+    )
+    enqueues.add(job.id, job.queue)
+    return job
+
+
+def get_or_raise(
+    *, session: Session, project_id: str, job_id: str, for_update: bool = False
+) -> Job:
+    job = repository.get(session, project_id=project_id, job_id=job_id, for_update=for_update)
+    if job is None:
+        raise NotFound(f"Job {job_id} does not exist.")
+    return job
+
+
+def list(  # noqa: A001 - the house vocabulary
+    *,
+    session: Session,
+    project_id: str,
+    cursor: str | None,
+    limit: int,
+    status: str | None,
+    kind: str | None,
+    metadata: dict[str, str],
+) -> tuple[list[Job], str | None]:
+    rows = repository.list_page(
+        session,
+        project_id=project_id,
+        cursor=cursor,
+        limit=limit,
+        status=status,
+        kind=kind,
+        metadata=metadata,
+    )
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+
+def cancel(*, session: Session, project_id: str, job_id: str) -> Job:
+    """Queued jobs end at once; running ones go to ``cancelling`` and the worker stops between
+    steps. Cancelling a job already cancelling is a no-op; a finished job is a 409."""
+    job = get_or_raise(session=session, project_id=project_id, job_id=job_id, for_update=True)
+    if job.status in TERMINAL:
+        raise JobNotCancellable(f"Job {job_id} already ended as {job.status}.")
+    if job.status in ("validating", "queued"):
+        job.status, job.finished_at = "cancelled", utcnow()
+        message = "cancelled before it started"
+    elif job.status == "running":
+        job.status = "cancelling"
+        message = "cancel requested; the worker stops after the current step"
+    else:
+        return job
+    repository.add(session, JobEvent(job_id=job.id, level="info", message=message))
+    return job
+
+
+def list_events(
+    *, session: Session, project_id: str, job_id: str, after_id: int | None, limit: int
+) -> list[JobEvent]:
+    get_or_raise(session=session, project_id=project_id, job_id=job_id)
+    return repository.list_events(session, job_id=job_id, after_id=after_id, limit=limit)
+
+
+def list_metrics(
+    *,
+    session: Session,
+    project_id: str,
+    job_id: str,
+    key: str | None,
+    step_min: int | None,
+    step_max: int | None,
+    limit: int,
+) -> list[Metric]:
+    get_or_raise(session=session, project_id=project_id, job_id=job_id)
+    return repository.list_metrics(
+        session, job_id=job_id, key=key, step_min=step_min, step_max=step_max, limit=limit
+    )
+
+
+def list_checkpoints(*, session: Session, project_id: str, job_id: str) -> list[Checkpoint]:
+    get_or_raise(session=session, project_id=project_id, job_id=job_id)
+    return repository.list_checkpoints(session, job_id=job_id)

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import CallerDep, SessionDep
+from api.errors import NotFound, Unauthorized, problem_responses
+from api.projects import service
+from api.projects.schemas import ApiKeyCreate, ApiKeyIssued, ApiKeyOut, ProjectOut
+
+router = APIRouter(tags=["projects"], responses=problem_responses(Unauthorized))
+
+
+@router.get("/projects/me", response_model=ProjectOut)
+def get_my_project(caller: CallerDep, session: SessionDep) -> ProjectOut:
+    project = service.get_or_raise(session=session, project_id=caller.project_id)
+    return ProjectOut.model_validate(project)
+
+
+@router.get("/api-keys", response_model=list[ApiKeyOut])
+def list_api_keys(caller: CallerDep, session: SessionDep) -> list[ApiKeyOut]:
+    rows = service.list_keys(session=session, project_id=caller.project_id)
+    return [ApiKeyOut.model_validate(r) for r in rows]
+
+
+@router.post("/api-keys", response_model=ApiKeyIssued, status_code=201)
+def create_api_key(body: ApiKeyCreate, caller: CallerDep, session: SessionDep) -> ApiKeyIssued:
+    issued = service.create_key(session=session, project_id=caller.project_id, name=body.name)
+    return ApiKeyIssued(**ApiKeyOut.model_validate(issued.row).model_dump(), key=issued.secret)
+
+
+@router.delete(
+    "/api-keys/{key_id}", response_model=ApiKeyOut, responses=problem_responses(NotFound)
+)
+def revoke_api_key(key_id: str, caller: CallerDep, session: SessionDep) -> ApiKeyOut:
+    row = service.revoke_key(session=session, project_id=caller.project_id, key_id=key_id)
+    return ApiKeyOut.model_validate(row)

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, File, Form, Query, UploadFile
+from fastapi.responses import FileResponse
+
+from api.deps import CallerDep, SessionDep, SettingsDep
+from api.errors import (
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    field_error,
+    problem_responses,
+)
+from api.registry import service
+from api.registry.archives import pack_directory
+from api.registry.schemas import ModelOut, ModelPage, ModelRegister
+
+router = APIRouter(tags=["models"], responses=problem_responses(Unauthorized))
+
+
+@router.post(
+    "/models", response_model=ModelOut, status_code=201, responses=problem_responses(InvalidInput)
+)
+def register_model(
+    body: ModelRegister, caller: CallerDep, session: SessionDep, settings: SettingsDep
+) -> ModelOut:
+    if body.trust_remote_code and not settings.allow_trust_remote_code:
+        raise field_error(
+            ["body", "trust_remote_code"], "is refused: this service never runs a model's own code"
+        )
+    row = service.register_local(
+        session=session,
+        settings=settings,
+        project_id=caller.project_id,
+        name=body.name,
+        path=body.path,
+    )
+    return ModelOut.model_validate(row)
+
+
+@router.post(
+    "/models/upload",
+    response_model=ModelOut,
+    status_code=201,
+    responses=problem_responses(InvalidInput, PayloadTooLarge),
+)
+def upload_model(
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="A .tar.gz of a Hugging Face model directory")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> ModelOut:
+    row = service.register_upload(
+        session=session,
+        settings=settings,
+        project_id=caller.project_id,
+        name=name,
+        source=file.file,
+    )
+    return ModelOut.model_validate(row)
+
+
+@router.get("/models", response_model=ModelPage)
+def list_models(
+    caller: CallerDep,
+    session: SessionDep,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> ModelPage:
+    rows, next_cursor = service.list(
+        session=session, project_id=caller.project_id, cursor=cursor, limit=limit
+    )
+    return ModelPage(items=[ModelOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/models/{model_id}", response_model=ModelOut, responses=problem_responses(NotFound))
+def get_model(model_id: str, caller: CallerDep, session: SessionDep) -> ModelOut:
+    row = service.get_or_raise(session=session, project_id=caller.project_id, model_id=model_id)
+    return ModelOut.model_validate(row)
+
+
+@router.get(
+    "/models/{model_id}/download",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}}, **problem_responses(NotFound)},
+)
+def download_model(
+    model_id: str, caller: CallerDep, session: SessionDep, background: BackgroundTasks
+) -> FileResponse:
+    row = service.get_or_raise(session=session, project_id=caller.project_id, model_id=model_id)
+    archive = pack_directory(Path(row.path))
+    background.add_task(archive.unlink, missing_ok=True)
+    return FileResponse(
+        archive, media_type="application/gzip", filename=f"{row.name or row.id}.tar.gz"
+    )

@@ -1,0 +1,18 @@
+"""SQLAlchemy 2.0 ORM shared by the API and the workers. Never imports ``api``."""
+
+from models.base import Base, new_id, utcnow
+from models.tables import ApiKey, Checkpoint, Dataset, Job, JobEvent, Metric, Model, Project
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Checkpoint",
+    "Dataset",
+    "Job",
+    "JobEvent",
+    "Metric",
+    "Model",
+    "Project",
+    "new_id",
+    "utcnow",
+]

@@ -1,0 +1,54 @@
+"""The Celery app. Settings for long jobs: late acks, prefetch 1, reject on worker loss, a
+visibility timeout above the longest job, no result backend (the database is the truth).
+Run one worker process per GPU with ``--pool solo``: CUDA is never initialised in a fork parent."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from api.config import get_settings
+
+QUEUES = ("cpu", "gpu")
+DISTILL_TASK = "workers.tasks.distill.run_distill_job"
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    app = Celery("distill", broker=settings.resolved_broker_url, include=["workers.tasks.distill"])
+    transport_options: dict[str, object] = {
+        "visibility_timeout": settings.visibility_timeout_seconds
+    }
+    if settings.resolved_broker_url.startswith("sqla+"):
+        transport_options["polling_interval"] = 0.5
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=None,
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="cpu",
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+celery_app = make_celery()
+
+
+def _start_sweeper(**_kwargs: object) -> None:
+    from workers.sweeper import Sweeper
+
+    Sweeper(get_settings()).start()
+
+
+# Every worker sweeps; the guarded UPDATEs make concurrent sweepers safe.
+from celery.signals import worker_ready  # noqa: E402
+
+worker_ready.connect(_start_sweeper, weak=False)

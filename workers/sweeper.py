@@ -1,0 +1,96 @@
+"""The sweeper: re-queues jobs whose worker died (lease expired), fails those that lost their
+worker too often, and re-enqueues jobs left ``queued`` whose message may be lost. Every worker
+runs it in a thread; each change is a guarded UPDATE, so several sweepers never double up."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from api.config import Settings
+from models import Job, utcnow
+from models.session import session_scope
+from workers.dispatch import send_job
+from workers.runtime import add_event
+
+log = logging.getLogger(__name__)
+
+
+def sweep_once(settings: Settings) -> list[str]:
+    """Returns the ids it re-enqueued."""
+    now = utcnow()
+    to_send: list[tuple[str, str]] = []
+    with session_scope(settings.resolved_database_url) as session:
+        expired = session.scalars(
+            select(Job).where(Job.status.in_(("running", "cancelling")), Job.lease_expires_at < now)
+        ).all()
+        for job in expired:
+            guard = update(Job).where(
+                Job.id == job.id, Job.lease_owner == job.lease_owner, Job.status == job.status
+            )
+            if job.status == "cancelling":
+                values = dict(status="cancelled", finished_at=now, lease_owner=None)
+                message, level = "worker lost while cancelling; cancelled", "info"
+            elif job.lease_expiries + 1 > settings.max_lease_expiries:
+                values = dict(
+                    status="failed",
+                    finished_at=now,
+                    lease_owner=None,
+                    lease_expiries=job.lease_expiries + 1,
+                    error=f"the worker was lost {job.lease_expiries + 1} times",
+                )
+                message, level = values["error"] + "; giving up", "error"
+            else:
+                values = dict(
+                    status="queued",
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    lease_expiries=job.lease_expiries + 1,
+                    enqueued_at=now,
+                )
+                message, level = "worker lost; re-queued to resume from its last checkpoint", "warn"
+            done = session.execute(guard.values(updated_at=now, **values).execution_options(
+                synchronize_session=False))  # fmt: skip
+            if done.rowcount == 1:
+                add_event(session, job.id, level, message, previous_owner=job.lease_owner)
+                if values.get("status") == "queued":
+                    to_send.append((job.id, job.queue))
+        stale_before = now - timedelta(seconds=settings.requeue_after_seconds)
+        stale = session.scalars(
+            select(Job).where(Job.status == "queued", Job.enqueued_at < stale_before)
+        ).all()
+        for job in stale:
+            done = session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == "queued", Job.enqueued_at == job.enqueued_at)
+                .values(enqueued_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if done.rowcount == 1:
+                to_send.append((job.id, job.queue))
+    for job_id, queue in to_send:  # after the commit: enqueue only what is recorded
+        try:
+            send_job(job_id, queue)
+        except Exception:
+            log.exception("re-enqueue of %s failed; next sweep retries", job_id)
+    return [job_id for job_id, _ in to_send]
+
+
+class Sweeper(threading.Thread):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="sweeper", daemon=True)
+        self.settings = settings
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.settings.sweep_interval_seconds):
+            try:
+                sweep_once(self.settings)
+            except Exception:
+                log.exception("sweep failed")
+
+    def stop(self) -> None:
+        self._stop_event.set()
