@@ -16,11 +16,10 @@ DISTILL_TASK = "workers.tasks.distill.run_distill_job"
 def make_celery() -> Celery:
     settings = get_settings()
     app = Celery("distill", broker=settings.resolved_broker_url, include=["workers.tasks.distill"])
-    transport_options: dict[str, object] = {
-        "visibility_timeout": settings.visibility_timeout_seconds
-    }
-    if settings.resolved_broker_url.startswith("sqla+"):
-        transport_options["polling_interval"] = 0.5
+    transport_options: dict[str, object] = {}
+    # kombu's SQLAlchemy transport hands every option to create_engine(): Redis only.
+    if settings.resolved_broker_url.startswith(("redis://", "rediss://")):
+        transport_options["visibility_timeout"] = settings.visibility_timeout_seconds
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

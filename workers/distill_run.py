@@ -15,6 +15,7 @@ from sqlalchemy import select
 from api.config import Settings
 from api.registry.service import register_job_output
 from ml.data.formatting import to_prompt_response
+from ml.distillation.recipe import DistillRecipe, RecipeConfig
 from models import Job, new_id
 from models.session import session_scope
 from workers.runtime import JobRecorder, LeaseKeeper, LeaseLost, job_dir
@@ -37,9 +38,7 @@ def pick_device(queue: str) -> str:
     return "cuda" if queue == "gpu" and torch.cuda.is_available() else "cpu"
 
 
-def build_config(job: Job, settings: Settings, device: str) -> Any:
-    from ml.distillation.recipe import RecipeConfig
-
+def build_config(job: Job, settings: Settings, device: str) -> RecipeConfig:
     spec, resolved = job.spec, job.resolved
     train = read_records(resolved["datasets"]["train"]["path"])
     if "eval" in resolved["datasets"]:
@@ -112,8 +111,6 @@ def run_claimed_job(settings: Settings, job_id: str, worker_id: str) -> None:
 def _run(
     settings: Settings, job: Job, device: str, recorder: JobRecorder, keeper: LeaseKeeper
 ) -> None:
-    from ml.distillation.recipe import DistillRecipe
-
     config = build_config(job, settings, device)
     recipe = DistillRecipe(
         config,

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from models import Job
+from models.session import session_scope
+
+
+@pytest.fixture
+def refs(api, auth, tiny_teacher, jsonl_file):
+    with jsonl_file.open("rb") as fh:
+        ds = api.client.post("/v1/datasets", headers=auth, files={"file": ("t.jsonl", fh)}).json()
+    model = api.client.post("/v1/models", headers=auth, json={"path": str(tiny_teacher)}).json()
+    return {"dataset": ds["id"], "teacher": model["id"]}
+
+
+def _spec(refs, **overrides):
+    spec = {
+        "kind": "distill",
+        "name": "tiny",
+        "metadata": {"team": "search", "ticket": "KD-42"},
+        "teacher": {"model": refs["teacher"]},
+        "student": {"model": {"init": {"from_teacher_layers": "every_2nd"}}},
+        "dataset": {"train": refs["dataset"]},
+        "method": {"loss": "fkl", "params": {"temperature": 2.0, "alpha_ce": 0.1}},
+        "training": {"max_steps": 5, "batch_size": 4},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def test_create_get_and_resolve(api, auth, refs):
+    response = api.client.post("/v1/jobs", headers=auth, json=_spec(refs))
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["status"] == "queued" and job["queue"] == "cpu"
+    assert job["spec"]["training"]["lr"] == 2e-4  # defaults filled in
+    assert api.client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["id"] == job["id"]
+    with session_scope(api.database_url) as session:
+        row = session.scalars(select(Job).where(Job.id == job["id"])).one()
+        assert row.resolved["student"]["init"]["from_teacher_layers"] == 2
+        assert row.resolved["datasets"]["train"]["rows"] == 400
+    events = api.client.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()["items"]
+    assert [e["message"] for e in events] == ["job validated and queued"]
+
+
+@pytest.mark.parametrize(
+    "patch, loc, text",
+    [
+        ({"method": {"loss": "nope"}}, ["body", "method", "loss"], "unknown loss"),
+        ({"method": {"loss": "jsd"}}, ["body", "method", "loss"], "not available yet"),
+        ({"method": {"params": {"alpha_ce": 2}}}, ["body", "method", "params"], "alpha_ce"),
+        ({"method": {"params": {"beta": 0.5}}}, ["body", "method", "params"], "unknown parameter"),
+        ({"method": {"data_mode": "onpolicy"}}, ["body", "method", "data_mode"], "not available"),
+        ({"training": {"batch_size": 0}}, ["body", "training", "batch_size"], "greater than"),
+        ({"training": {"epochs": 1, "typo": 1}}, ["body", "training", "typo"], "not permitted"),
+        ({"kind": "edit"}, ["body", "kind"], "not available yet"),
+        ({"kind": "train"}, ["body", "kind"], "must be one of"),
+        ({"teacher": {"model": "mdl_missing"}}, ["body", "teacher", "model"], "does not exist"),
+        ({"teacher": {"model": "/etc"}}, ["body", "teacher", "model"], "model root"),
+        ({"dataset": {"train": "ds_missing"}}, ["body", "dataset", "train"], "does not exist"),
+        (
+            {"student": {"model": {"init": {"from_teacher_layers": 9}}}},
+            ["body", "student", "model", "init", "from_teacher_layers"],
+            "exceeds",
+        ),
+        ({"student": {"lora": {"r": 8}}}, ["body", "student", "lora"], "not available"),
+    ],
+)
+def test_bad_specs_name_the_field_and_create_nothing(api, auth, refs, patch, loc, text):
+    response = api.client.post("/v1/jobs", headers=auth, json=_spec(refs, **patch))
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["errors"][0]["loc"] == loc
+    assert text in problem["errors"][0]["msg"]
+    assert api.client.get("/v1/jobs", headers=auth).json()["items"] == []
+
+
+def test_oversized_spec_is_refused_before_parsing(api, auth, refs):
+    spec = _spec(refs, metadata={"blob": "x" * 300_000})
+    response = api.client.post("/v1/jobs", headers=auth, json=spec)
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_list_filters_and_cursor(api, auth, refs):
+    ids = []
+    for team in ("search", "ads", "search"):
+        spec = _spec(refs, metadata={"team": team})
+        ids.append(api.client.post("/v1/jobs", headers=auth, json=spec).json()["id"])
+    page = api.client.get("/v1/jobs", headers=auth, params={"metadata.team": "search"}).json()
+    assert [j["id"] for j in page["items"]] == [ids[2], ids[0]]
+    first = api.client.get("/v1/jobs", headers=auth, params={"limit": 2}).json()
+    assert [j["id"] for j in first["items"]] == [ids[2], ids[1]]
+    second = api.client.get(
+        "/v1/jobs", headers=auth, params={"limit": 2, "cursor": first["next_cursor"]}
+    ).json()
+    assert [j["id"] for j in second["items"]] == [ids[0]] and second["next_cursor"] is None
+    queued = api.client.get("/v1/jobs", headers=auth, params={"status": "running"}).json()
+    assert queued["items"] == []
+
+
+def test_cancel_queued_then_conflict(api, auth, refs):
+    job = api.client.post("/v1/jobs", headers=auth, json=_spec(refs)).json()
+    cancelled = api.client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    again = api.client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+    assert again.status_code == 409
+    assert again.headers["content-type"] == "application/problem+json"
+
+
+def test_another_projects_job_is_404_everywhere(api, auth, refs):
+    job = api.client.post("/v1/jobs", headers=auth, json=_spec(refs)).json()
+    other = api.new_project("other")
+    other.pop("project_id")
+    for suffix in ("", "/events", "/metrics", "/checkpoints"):
+        assert api.client.get(f"/v1/jobs/{job['id']}{suffix}", headers=other).status_code == 404
+    assert api.client.post(f"/v1/jobs/{job['id']}/cancel", headers=other).status_code == 404
+    # and another project cannot use this project's dataset or teacher either
+    response = api.client.post("/v1/jobs", headers=other, json=_spec(refs))
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["body", "teacher", "model"]
