@@ -1,0 +1,168 @@
+"""Pickle-free training checkpoints: safetensors for tensors, JSON for everything else.
+
+Layout of ``<checkpoint_dir>/step_{N:08d}/``::
+
+    model.safetensors       student weights (tied tensors stored once, safetensors.torch.save_model)
+    optimizer.safetensors   optimizer state tensors, keys ``state.{param_index}.{name}``
+    optimizer.json          param_groups and non-tensor state values
+    trainer_state.json      step, epoch, position, scheduler, python ``random`` state, fingerprint
+    rng.safetensors         torch CPU RNG (uint8) and ``cuda.{i}`` RNG states
+
+A checkpoint is written into a hidden temporary sibling and renamed into place, so a reader
+(or a resumed job) never sees half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch.optim import Optimizer
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_TENSORS_FILE = "optimizer.safetensors"
+OPTIMIZER_META_FILE = "optimizer.json"
+TRAINER_STATE_FILE = "trainer_state.json"
+RNG_FILE = "rng.safetensors"
+
+
+def checkpoint_name(step: int) -> str:
+    """Directory name of the checkpoint taken after optimizer step ``step``."""
+    return f"step_{step:08d}"
+
+
+def _optimizer_to_flat(optimizer: Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state_dict["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    meta = {"param_groups": state_dict["param_groups"], "scalar_state": scalars}
+    return tensors, meta
+
+
+def _optimizer_from_flat(
+    optimizer: Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = tensor
+    for index, values in meta.get("scalar_state", {}).items():
+        state.setdefault(int(index), {}).update(values)
+    groups = []
+    for group in meta["param_groups"]:
+        group = dict(group)
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    # load_state_dict moves state tensors to each parameter's device and dtype rules.
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{index}"] = cuda_state.cpu()
+    return tensors
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["cpu"])
+    cuda_states = [tensors[f"cuda.{i}"] for i in range(len(tensors)) if f"cuda.{i}" in tensors]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+
+
+def python_random_state_to_json() -> list[Any]:
+    """``random.getstate()`` as JSON-able lists."""
+    version, internal, gauss_next = random.getstate()
+    return [version, list(internal), gauss_next]
+
+
+def python_random_state_from_json(value: list[Any]) -> None:
+    """Inverse of :func:`python_random_state_to_json`, applied to the global ``random``."""
+    version, internal, gauss_next = value
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def write_checkpoint(
+    checkpoint_dir: Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer: Optimizer,
+    trainer_state: dict[str, Any],
+) -> Path:
+    """Write a full checkpoint for ``step`` atomically and return its final directory.
+
+    ``trainer_state`` must be JSON-serialisable; the python ``random`` state is added here.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir / checkpoint_name(step)
+    temporary = checkpoint_dir / f".{checkpoint_name(step)}.tmp-{os.getpid()}"
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    temporary.mkdir()
+    save_model(model, str(temporary / MODEL_FILE))
+    tensors, meta = _optimizer_to_flat(optimizer)
+    save_file(tensors, str(temporary / OPTIMIZER_TENSORS_FILE))
+    (temporary / OPTIMIZER_META_FILE).write_text(json.dumps(meta), encoding="utf-8")
+    state = dict(trainer_state, python_random=python_random_state_to_json())
+    (temporary / TRAINER_STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+    save_file(_rng_tensors(), str(temporary / RNG_FILE))
+    if final.exists():
+        # Re-running a step after a resume rewrites its checkpoint with identical content.
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    return final
+
+
+def read_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: Optimizer) -> dict[str, Any]:
+    """Restore model, optimizer, torch and python RNG from ``path``; return the trainer state.
+
+    The caller restores what the trainer state describes (scheduler, data position).
+    """
+    path = Path(path)
+    missing = [
+        name
+        for name in (MODEL_FILE, OPTIMIZER_TENSORS_FILE, OPTIMIZER_META_FILE, TRAINER_STATE_FILE)
+        if not (path / name).is_file()
+    ]
+    if missing:
+        raise FileNotFoundError(f"checkpoint {path} is missing {missing}")
+    device = next(model.parameters()).device
+    missing_keys, unexpected = load_model(model, str(path / MODEL_FILE), device=str(device))
+    if missing_keys or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit the model: {missing_keys} {unexpected}")
+    meta = json.loads((path / OPTIMIZER_META_FILE).read_text(encoding="utf-8"))
+    _optimizer_from_flat(optimizer, load_file(str(path / OPTIMIZER_TENSORS_FILE)), meta)
+    state: dict[str, Any] = json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    if "python_random" in state:
+        python_random_state_from_json(state["python_random"])
+    if (path / RNG_FILE).is_file():
+        _restore_rng(load_file(str(path / RNG_FILE)))
+    return state
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The highest-step complete checkpoint under ``checkpoint_dir``, or None."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return None
+    candidates = sorted(
+        p for p in checkpoint_dir.glob("step_*") if (p / TRAINER_STATE_FILE).is_file()
+    )
+    return candidates[-1] if candidates else None

@@ -1,0 +1,345 @@
+"""Single-device distillation recipe: config -> setup() -> train() -> save_student() -> cleanup().
+
+Shaped after torchtune's ``knowledge_distillation_single_device`` recipe: one class built by
+composition (loaders, losses, scheduler, checkpointing are plain functions from sibling
+modules), no inheritance. The worker only sees callables for metrics, events, stop requests and
+checkpoints, so nothing here knows about databases or queues.
+
+Loss per optimizer step (``S`` = the step's micro-batches, ``N`` = their response tokens)::
+
+    loss = sum_{mb in S} [(1 - alpha_ce) * KD_sum(mb) + alpha_ce * CE_sum(mb)] / N
+
+so gradient accumulation gives the same update as one batch holding all the micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ml.data.examples import IGNORE_INDEX, collate, encode_example
+from ml.distillation.checkpointing import read_checkpoint, write_checkpoint
+from ml.distillation.losses import ce_loss, kd_loss
+from ml.distillation.recipe_config import MetricPoint, RecipeConfig, TrainOutcome
+from ml.distillation.schedule import build_scheduler
+from ml.distillation.student_init import build_student
+from ml.evaluation.generation import evaluate_model
+from ml.loading import load_causal_lm, load_tokenizer, save_model
+
+METRICS_FLUSH_EVERY = 10
+
+__all__ = ["DistillRecipe", "MetricPoint", "RecipeConfig", "TrainOutcome"]
+
+
+class DistillRecipe:
+    """Distil a teacher into a student (or fine-tune with ``loss="ce"``) on one device."""
+
+    def __init__(
+        self,
+        config: RecipeConfig,
+        *,
+        metrics_sink: Callable[[list[MetricPoint]], None],
+        event_sink: Callable[[str, str, dict[str, Any]], None],
+        should_stop: Callable[[], bool],
+        on_checkpoint: Callable[[int, Path], None],
+    ) -> None:
+        config.validate()
+        self.config = config
+        self._metrics_sink = metrics_sink
+        self._event_sink = event_sink
+        self._should_stop = should_stop
+        self._on_checkpoint = on_checkpoint
+        self.device = torch.device(config.device)
+        self.total_steps = 0
+        self.step = 0
+        self._epoch = 0
+        self._position = 0  # micro-batches of the current epoch already consumed
+        self._pending: list[MetricPoint] = []
+        self._order_cache: tuple[int, list[int]] | None = None
+        self.teacher: PreTrainedModel | None = None
+        self.student: PreTrainedModel | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+
+    # ----------------------------------------------------------------------------- setup
+    def setup(self, resume_from: Path | None = None) -> None:
+        """Build everything, in dependency order, then restore ``resume_from`` if given."""
+        cfg = self.config
+        # Seeds first: the student's random init (or layer copy) must not depend on call order.
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        # Tokenizer before models: a config-initialised student takes its vocabulary size.
+        source = cfg.teacher_path if cfg.teacher_path is not None else cfg.student_path
+        self.tokenizer = load_tokenizer(source)  # type: ignore[arg-type]
+        if cfg.teacher_path is not None:
+            self.teacher = load_causal_lm(cfg.teacher_path, device=cfg.device)
+            self.teacher.requires_grad_(False)
+        self.student = build_student(
+            student_path=cfg.student_path,
+            student_init=cfg.student_init,
+            teacher=self.teacher,
+            tokenizer=self.tokenizer,
+        )
+        # float32 master weights everywhere; cuda computes under bf16 autocast instead.
+        self.student.to(device=self.device, dtype=torch.float32)  # type: ignore[call-arg]
+        self.student.train()
+        self._check_vocabularies()
+        # Data before the optimizer: the schedule needs the number of steps.
+        self._examples = [
+            encode_example(self.tokenizer, p, r, cfg.max_length) for p, r in cfg.train_records
+        ]
+        self._micro_per_epoch = -(-len(self._examples) // cfg.batch_size)
+        self._steps_per_epoch = -(-self._micro_per_epoch // cfg.grad_accum)
+        self.total_steps = cfg.max_steps or self._steps_per_epoch * cfg.epochs
+        self.optimizer = torch.optim.AdamW(
+            self._param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        self.scheduler = build_scheduler(
+            self.optimizer,
+            warmup_steps=cfg.warmup_steps,
+            total_steps=self.total_steps,
+            schedule=cfg.schedule,
+        )
+        # Resume last: it overwrites weights, optimizer, scheduler, RNG and data position.
+        if resume_from is not None:
+            self._resume(Path(resume_from))
+        self._event(
+            "info",
+            "setup done",
+            {
+                "total_steps": self.total_steps,
+                "steps_per_epoch": self._steps_per_epoch,
+                "student_parameters": self.student.num_parameters(),
+                "teacher_parameters": self.teacher.num_parameters() if self.teacher else None,
+                "device": str(self.device),
+                "start_step": self.step,
+            },
+        )
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        # No weight decay on norms and biases (1-d tensors), as in most LM recipes.
+        assert self.student is not None
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        return [
+            {"params": decay, "weight_decay": self.config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def _check_vocabularies(self) -> None:
+        assert self.student is not None
+        if self.teacher is None:
+            return
+        student_vocab = self.student.get_output_embeddings().weight.shape[0]
+        teacher_vocab = self.teacher.get_output_embeddings().weight.shape[0]
+        if student_vocab != teacher_vocab:
+            raise ValueError(
+                f"student vocabulary ({student_vocab}) differs from the teacher's "
+                f"({teacher_vocab}); same-vocabulary KD needs them equal"
+            )
+
+    def _resume(self, path: Path) -> None:
+        assert self.student is not None
+        state = read_checkpoint(path, model=self.student, optimizer=self.optimizer)
+        scheduler_state = dict(state["scheduler"])
+        scheduler_state["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)
+        self.scheduler.load_state_dict(scheduler_state)
+        self.step, self._epoch, self._position = state["step"], state["epoch"], state["position"]
+        if state.get("config_fingerprint") != self.config.fingerprint():
+            self._event("warn", "resuming with a changed training config", {"path": str(path)})
+        self._event("info", f"resumed from step {self.step}", {"step": self.step})
+
+    # ----------------------------------------------------------------------------- train
+    def train(self) -> TrainOutcome:
+        """Run optimizer steps ``step + 1 .. total_steps``; evaluate at the end."""
+        cfg = self.config
+        while self.step < self.total_steps:
+            if self._should_stop():
+                self._flush_metrics()
+                self._event("info", "stop requested", {"step": self.step})
+                return TrainOutcome(stopped=True, step=self.step)
+            self._train_step(list(self._next_micro_batches()))
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
+                self._evaluate_and_record()
+            if self.step % METRICS_FLUSH_EVERY == 0:
+                self._flush_metrics()
+        results = self._evaluate_and_record()
+        self._flush_metrics()
+        return TrainOutcome(stopped=False, step=self.step, eval=results)
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        # A generator per epoch derived from seed + epoch: the order is a pure function of the
+        # epoch, so a resumed run needs only (epoch, position) to continue identically.
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            generator = torch.Generator().manual_seed(self.config.seed + epoch)
+            order = torch.randperm(len(self._examples), generator=generator).tolist()
+            self._order_cache = (epoch, order)
+        return self._order_cache[1]
+
+    def _next_micro_batches(self) -> Iterator[dict[str, Tensor]]:
+        """The next optimizer step's micro-batches; a step never spans two epochs."""
+        cfg = self.config
+        order = self._epoch_order(self._epoch)
+        pad_id = int(self.tokenizer.pad_token_id)  # type: ignore[union-attr]
+        end = min(self._position + cfg.grad_accum, self._micro_per_epoch)
+        for micro in range(self._position, end):
+            indices = order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
+            yield collate([self._examples[i] for i in indices], pad_id)
+        self._position = end
+        if self._position >= self._micro_per_epoch:
+            self._epoch, self._position = self._epoch + 1, 0
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _train_step(self, micro_batches: list[dict[str, Tensor]]) -> None:
+        cfg = self.config
+        assert self.student is not None
+        started = time.perf_counter()
+        n_tokens = sum(int((mb["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb in micro_batches)
+        denominator = max(n_tokens, 1)
+        use_kd = cfg.loss != "ce"
+        kd_total = ce_total = 0.0
+        input_tokens = 0
+        for batch in micro_batches:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            input_tokens += int(batch["attention_mask"].sum())
+            labels = batch["labels"][:, 1:]
+            with self._autocast():
+                logits = self.student(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).logits[:, :-1]
+                ce_sum = ce_loss(logits, labels, reduction="sum")
+                total = ce_sum
+                if use_kd:
+                    assert self.teacher is not None
+                    with torch.no_grad():
+                        teacher_logits = self.teacher(
+                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                        ).logits[:, :-1]
+                    kd_sum = kd_loss(
+                        logits,
+                        teacher_logits,
+                        method=cfg.loss,
+                        mask=labels != IGNORE_INDEX,
+                        temperature=cfg.temperature,
+                        reduction="sum",
+                    )
+                    kd_total += float(kd_sum.detach())
+                    total = (1.0 - cfg.alpha_ce) * kd_sum + cfg.alpha_ce * ce_sum
+            ce_total += float(ce_sum.detach())
+            (total / denominator).backward()
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), max_norm))
+        lr = float(self.scheduler.get_last_lr()[0])
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        kd_mean, ce_mean = kd_total / denominator, ce_total / denominator
+        loss = (1.0 - cfg.alpha_ce) * kd_mean + cfg.alpha_ce * ce_mean if use_kd else ce_mean
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        values = {
+            "train/loss": loss,
+            "train/loss_ce": ce_mean,
+            "train/lr": lr,
+            "train/grad_norm": grad_norm,
+            "train/tokens_per_s": input_tokens / elapsed,
+        }
+        if use_kd:
+            values["train/loss_kd"] = kd_mean
+        self._pending.extend(MetricPoint(k, self.step, v) for k, v in values.items())
+
+    # ------------------------------------------------------------------ eval, checkpoints
+    def evaluate(self, which: str = "student") -> dict[str, float]:
+        """Held-out loss / exact match / ROUGE-L of the ``"student"`` or the ``"teacher"``."""
+        if which not in ("student", "teacher"):
+            raise ValueError(f"which must be 'student' or 'teacher', got {which!r}")
+        model = self.student if which == "student" else self.teacher
+        if model is None or self.tokenizer is None:
+            raise ValueError(f"no {which} model is loaded (call setup() first)")
+        cfg = self.config
+        with self._autocast():
+            return evaluate_model(
+                model,
+                self.tokenizer,
+                cfg.eval_records[: cfg.eval_max_examples],
+                max_length=cfg.max_length,
+                max_new_tokens=cfg.max_new_tokens,
+                batch_size=max(cfg.batch_size, 16),
+            )
+
+    def _evaluate_and_record(self) -> dict[str, float]:
+        if not self.config.eval_records:
+            return {}
+        results = self.evaluate("student")
+        for key in ("loss", "exact_match", "rouge_l"):
+            self._pending.append(MetricPoint(f"eval/{key}", self.step, results[key]))
+        self._event("info", f"eval at step {self.step}", dict(results, step=self.step))
+        return results
+
+    def save_checkpoint(self) -> Path:
+        """Write the full training state for the current step and report it."""
+        cfg = self.config
+        if cfg.checkpoint_dir is None or self.student is None:
+            raise ValueError("save_checkpoint needs setup() and a checkpoint_dir")
+        self._flush_metrics()  # metrics up to this step are recorded before the checkpoint is
+        scheduler_state = {
+            k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"
+        }
+        path = write_checkpoint(
+            cfg.checkpoint_dir,
+            self.step,
+            model=self.student,
+            optimizer=self.optimizer,
+            trainer_state={
+                "step": self.step,
+                "epoch": self._epoch,
+                "position": self._position,
+                "total_steps": self.total_steps,
+                "scheduler": scheduler_state,
+                "config_fingerprint": cfg.fingerprint(),
+            },
+        )
+        self._event(
+            "info", f"checkpoint at step {self.step}", {"step": self.step, "path": str(path)}
+        )
+        self._on_checkpoint(self.step, path)
+        return path
+
+    def save_student(self, out_dir: Path) -> None:
+        """``save_pretrained`` the student (safetensors) with the teacher's tokenizer."""
+        if self.student is None or self.tokenizer is None:
+            raise ValueError("call setup() before save_student()")
+        save_model(self.student, self.tokenizer, Path(out_dir))
+
+    def cleanup(self) -> None:
+        """Drop models and optimizer state and release cached accelerator memory."""
+        self._flush_metrics()
+        self.teacher = self.student = None
+        for name in ("optimizer", "scheduler", "_examples"):
+            self.__dict__.pop(name, None)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _flush_metrics(self) -> None:
+        if self._pending:
+            points, self._pending = self._pending, []
+            self._metrics_sink(points)
+
+    def _event(self, level: str, message: str, data: dict[str, Any]) -> None:
+        self._event_sink(level, message, data)

@@ -1,0 +1,91 @@
+"""Configuration and result types of :mod:`ml.distillation.recipe`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ml.distillation.losses import KD_METHODS
+from ml.distillation.schedule import SCHEDULES
+
+
+@dataclass
+class MetricPoint:
+    key: str
+    step: int
+    value: float
+
+
+@dataclass
+class RecipeConfig:
+    """Everything a distillation run needs; see the module docstring for the loss."""
+
+    teacher_path: Path | None  # None allowed only for loss "ce"
+    student_path: Path | None  # an existing HF dir to start from, or None -> student_init
+    student_init: dict[str, Any] | None  # {"from_teacher_layers": k} or {"config": {...}}
+    train_records: list[tuple[str, str]]  # (prompt text incl. template, response text)
+    eval_records: list[tuple[str, str]]
+    loss: str = "fkl"  # "ce" or one of KD_METHODS
+    temperature: float = 1.0
+    alpha_ce: float = 0.0  # total = (1 - alpha_ce) * kd + alpha_ce * ce; "ce" -> total = ce
+    epochs: int = 1
+    max_steps: int | None = None  # when set, overrides epochs (data cycles as needed)
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | linear | constant, after linear warmup
+    max_grad_norm: float | None = 1.0
+    max_length: int = 128
+    seed: int = 0
+    checkpoint_every: int = 0  # optimizer steps; 0 = never
+    eval_every: int = 0  # optimizer steps; 0 = only at the end
+    eval_max_examples: int = 64
+    max_new_tokens: int = 16
+    device: str = "cpu"  # "cpu" or "cuda[:i]"; cuda trains under bf16 autocast
+    checkpoint_dir: Path | None = None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent field."""
+        if self.loss != "ce" and self.loss not in KD_METHODS:
+            raise ValueError(f"loss must be 'ce' or one of {KD_METHODS}, got {self.loss!r}")
+        if self.loss != "ce" and self.teacher_path is None:
+            raise ValueError(f"loss {self.loss!r} needs a teacher_path")
+        if self.student_path is None and not self.student_init:
+            raise ValueError("give student_path or student_init")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0.0 <= self.alpha_ce <= 1.0:
+            raise ValueError(f"alpha_ce must be in [0, 1], got {self.alpha_ce}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("epochs", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1 when set")
+        if not self.train_records:
+            raise ValueError("train_records is empty")
+        if self.checkpoint_every and self.checkpoint_dir is None:
+            raise ValueError("checkpoint_every needs a checkpoint_dir")
+
+    def fingerprint(self) -> str:
+        """sha256 of the fields that decide the training trajectory (not device or logging)."""
+        values = asdict(self)
+        for name in ("device", "checkpoint_dir", "checkpoint_every", "eval_every"):
+            values.pop(name)
+        for name in ("train_records", "eval_records"):
+            values[name] = hashlib.sha256(json.dumps(values[name]).encode()).hexdigest()
+        payload = json.dumps(values, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class TrainOutcome:
+    stopped: bool
+    step: int
+    eval: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,60 @@
+"""The embedded default end to end: `distill serve` (SQLite + SQLAlchemy broker + a worker
+process beside the API), a job posted over HTTP, the student downloaded, loaded and run."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+from tests.e2e.conftest import TERMINAL, Api, credentials, distill_spec
+from tests.support.stack import Stack, stack_env
+
+
+def test_distill_serve_runs_a_job_end_to_end(tmp_path, model_root, tiny_teacher, jsonl_file,
+                                             stack_logs):  # fmt: skip
+    home = tmp_path / "home"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    stack = Stack(env=stack_env(home, model_root), log_dir=logs)
+    stack_logs.append(stack)
+    stack.start_serve()
+    assert (home / "distill.db").exists()
+    api = Api(stack.url, credentials(home))
+
+    teacher, dataset = api.register(tiny_teacher), api.upload_dataset(jsonl_file)
+    job_id = api.call("POST", "/v1/jobs", 201, json=distill_spec(teacher, dataset))["id"]
+    job = api.wait_status(job_id, TERMINAL, timeout=300)
+    assert job["status"] == "succeeded", (job, api.events(job_id))
+    assert (home / "broker.db").exists()  # the message went through the serverless broker
+    assert job["device"] == "cpu" and job["progress"] == {"step": 12, "total_steps": 12}
+
+    result = job["result"]
+    for part in ("student", "teacher", "initial_student"):
+        assert set(result[part]) >= {"loss", "exact_match", "rouge_l", "examples"}
+    # 12 steps of KD from a copied half of the teacher must lower the held-out loss.
+    assert result["student"]["loss"] < result["initial_student"]["loss"]
+
+    steps = [m["step"] for m in api.metrics(job_id, "train/loss")]
+    assert steps == list(range(1, 13))
+    ckpts = api.call("GET", f"/v1/jobs/{job_id}/checkpoints")["items"]
+    assert [c["step"] for c in ckpts] == [6, 9, 12]  # the last three are kept
+
+    model = api.call("GET", f"/v1/models/{job['output_model_id']}")
+    assert model["source"] == "job" and model["source_job_id"] == job_id
+    assert model["lineage"]["teacher"]["id"] == teacher
+    assert model["num_layers"] == 1
+
+    archive = api.http.get(f"/v1/models/{model['id']}/download")
+    assert archive.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        tar.extractall(tmp_path / "student", filter="data")
+    (student_dir,) = (tmp_path / "student").iterdir()
+
+    from ml.evaluation.generation import greedy_generate
+    from ml.loading import load_causal_lm, load_tokenizer
+
+    student = load_causal_lm(student_dir)
+    tokenizer = load_tokenizer(student_dir)
+    (text,) = greedy_generate(student, tokenizer, ["### Instruction:\nx\n### Response:\n"],
+                              max_new_tokens=4)  # fmt: skip
+    assert isinstance(text, str)
