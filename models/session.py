@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -49,3 +49,9 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def rows_updated(session: Session, statement: Executable) -> int:
+    """Run an UPDATE/DELETE and return how many rows it touched (the guard of every claim)."""
+    result = session.execute(statement)
+    return cast("CursorResult[Any]", result).rowcount

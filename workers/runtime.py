@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from api.config import Settings
 from models import Checkpoint, Job, JobEvent, Metric, new_id, utcnow
-from models.session import session_scope
+from models.session import rows_updated, session_scope
 
 log = logging.getLogger(__name__)
 KEEP_CHECKPOINTS = 3
@@ -54,7 +54,8 @@ def claim_job(settings: Settings, job_id: str, worker_id: str) -> bool:
     with session_scope(settings.resolved_database_url) as session:
         if session.get(Job, job_id) is None:
             raise JobGone(job_id)
-        claimed = session.execute(
+        claimed = rows_updated(
+            session,
             update(Job)
             .where(Job.id == job_id, Job.status == "queued")
             .values(
@@ -64,9 +65,9 @@ def claim_job(settings: Settings, job_id: str, worker_id: str) -> bool:
                 attempts=Job.attempts + 1,
                 updated_at=now,
             )
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        if claimed.rowcount != 1:
+        if claimed != 1:
             return False
         job = session.get(Job, job_id)
         assert job is not None
@@ -118,14 +119,15 @@ class LeaseKeeper(threading.Thread):
 
 def _hold_lease(session: Session, job_id: str, worker_id: str, **values: Any) -> None:
     """Touch the job row only while holding the lease; raises LeaseLost otherwise."""
-    result = session.execute(
+    touched = rows_updated(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == worker_id)
         .where(Job.status.in_(("running", "cancelling")))
         .values(updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    if result.rowcount != 1:
+    if touched != 1:
         raise LeaseLost(job_id)
 
 

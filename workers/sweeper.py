@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 
 from api.config import Settings
 from models import Job, utcnow
-from models.session import session_scope
+from models.session import rows_updated, session_scope
 from workers.dispatch import send_job
 from workers.runtime import add_event
 
@@ -28,48 +29,27 @@ def sweep_once(settings: Settings) -> list[str]:
             select(Job).where(Job.status.in_(("running", "cancelling")), Job.lease_expires_at < now)
         ).all()
         for job in expired:
+            values, level, message = _after_lost_worker(job, settings, now)
             guard = update(Job).where(
                 Job.id == job.id, Job.lease_owner == job.lease_owner, Job.status == job.status
             )
-            if job.status == "cancelling":
-                values = dict(status="cancelled", finished_at=now, lease_owner=None)
-                message, level = "worker lost while cancelling; cancelled", "info"
-            elif job.lease_expiries + 1 > settings.max_lease_expiries:
-                values = dict(
-                    status="failed",
-                    finished_at=now,
-                    lease_owner=None,
-                    lease_expiries=job.lease_expiries + 1,
-                    error=f"the worker was lost {job.lease_expiries + 1} times",
-                )
-                message, level = values["error"] + "; giving up", "error"
-            else:
-                values = dict(
-                    status="queued",
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    lease_expiries=job.lease_expiries + 1,
-                    enqueued_at=now,
-                )
-                message, level = "worker lost; re-queued to resume from its last checkpoint", "warn"
-            done = session.execute(guard.values(updated_at=now, **values).execution_options(
-                synchronize_session=False))  # fmt: skip
-            if done.rowcount == 1:
+            statement = guard.values(updated_at=now, **values)
+            if rows_updated(session, statement.execution_options(synchronize_session=False)) == 1:
                 add_event(session, job.id, level, message, previous_owner=job.lease_owner)
-                if values.get("status") == "queued":
+                if values["status"] == "queued":
                     to_send.append((job.id, job.queue))
         stale_before = now - timedelta(seconds=settings.requeue_after_seconds)
         stale = session.scalars(
             select(Job).where(Job.status == "queued", Job.enqueued_at < stale_before)
         ).all()
         for job in stale:
-            done = session.execute(
+            statement = (
                 update(Job)
                 .where(Job.id == job.id, Job.status == "queued", Job.enqueued_at == job.enqueued_at)
                 .values(enqueued_at=now)
                 .execution_options(synchronize_session=False)
             )
-            if done.rowcount == 1:
+            if rows_updated(session, statement) == 1:
                 to_send.append((job.id, job.queue))
     for job_id, queue in to_send:  # after the commit: enqueue only what is recorded
         try:
@@ -77,6 +57,27 @@ def sweep_once(settings: Settings) -> list[str]:
         except Exception:
             log.exception("re-enqueue of %s failed; next sweep retries", job_id)
     return [job_id for job_id, _ in to_send]
+
+
+def _after_lost_worker(
+    job: Job, settings: Settings, now: datetime
+) -> tuple[dict[str, Any], str, str]:
+    """What a job whose lease expired becomes: (column values, event level, event message)."""
+    if job.status == "cancelling":
+        return (
+            {"status": "cancelled", "finished_at": now, "lease_owner": None},
+            "info",
+            ("worker lost while cancelling; cancelled"),
+        )
+    lost = job.lease_expiries + 1
+    if lost > settings.max_lease_expiries:
+        error = f"the worker was lost {lost} times"
+        values = {"status": "failed", "finished_at": now, "lease_owner": None,
+                  "lease_expiries": lost, "error": error}  # fmt: skip
+        return values, "error", error + "; giving up"
+    values = {"status": "queued", "lease_owner": None, "lease_expires_at": None,
+              "lease_expiries": lost, "enqueued_at": now}  # fmt: skip
+    return values, "warn", "worker lost; re-queued to resume from its last checkpoint"
 
 
 class Sweeper(threading.Thread):

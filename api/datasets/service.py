@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,7 +41,7 @@ def get_or_raise(*, session: Session, project_id: str, dataset_id: str) -> Datas
 
 def list(  # noqa: A001 - the house vocabulary
     *, session: Session, project_id: str, cursor: str | None, limit: int
-) -> tuple[list[Dataset], str | None]:
+) -> tuple[builtins.list[Dataset], str | None]:
     rows = repository.list_page(session, project_id=project_id, cursor=cursor, limit=limit)
     return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from pydantic import ValidationError
@@ -91,7 +92,7 @@ def list(  # noqa: A001 - the house vocabulary
     status: str | None,
     kind: str | None,
     metadata: dict[str, str],
-) -> tuple[list[Job], str | None]:
+) -> tuple[builtins.list[Job], str | None]:
     rows = repository.list_page(
         session,
         project_id=project_id,
@@ -124,7 +125,7 @@ def cancel(*, session: Session, project_id: str, job_id: str) -> Job:
 
 def list_events(
     *, session: Session, project_id: str, job_id: str, after_id: int | None, limit: int
-) -> list[JobEvent]:
+) -> builtins.list[JobEvent]:
     get_or_raise(session=session, project_id=project_id, job_id=job_id)
     return repository.list_events(session, job_id=job_id, after_id=after_id, limit=limit)
 
@@ -138,13 +139,15 @@ def list_metrics(
     step_min: int | None,
     step_max: int | None,
     limit: int,
-) -> list[Metric]:
+) -> builtins.list[Metric]:
     get_or_raise(session=session, project_id=project_id, job_id=job_id)
     return repository.list_metrics(
         session, job_id=job_id, key=key, step_min=step_min, step_max=step_max, limit=limit
     )
 
 
-def list_checkpoints(*, session: Session, project_id: str, job_id: str) -> list[Checkpoint]:
+def list_checkpoints(
+    *, session: Session, project_id: str, job_id: str
+) -> builtins.list[Checkpoint]:
     get_or_raise(session=session, project_id=project_id, job_id=job_id)
     return repository.list_checkpoints(session, job_id=job_id)

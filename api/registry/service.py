@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -94,6 +95,6 @@ def get_or_raise(*, session: Session, project_id: str, model_id: str) -> Model:
 
 def list(  # noqa: A001 - the house vocabulary
     *, session: Session, project_id: str, cursor: str | None, limit: int
-) -> tuple[list[Model], str | None]:
+) -> tuple[builtins.list[Model], str | None]:
     rows = repository.list_page(session, project_id=project_id, cursor=cursor, limit=limit)
     return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)

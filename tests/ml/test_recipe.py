@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,29 +40,6 @@ class Recorder:
             should_stop=self.should_stop,
             on_checkpoint=lambda step, path: self.checkpoints.append((step, path)),
         )
-
-
-@pytest.fixture()
-def make_config(tiny_teacher_dir: Path, instruction_pairs: Pairs) -> Callable[..., RecipeConfig]:
-    train, held_out = instruction_pairs
-
-    def make(**overrides: Any) -> RecipeConfig:
-        base = RecipeConfig(
-            teacher_path=tiny_teacher_dir,
-            student_path=None,
-            student_init={"from_teacher_layers": 2},
-            train_records=train[:96],
-            eval_records=held_out,
-            batch_size=8,
-            lr=2e-3,
-            warmup_steps=1,
-            max_length=64,
-            eval_max_examples=8,
-            max_new_tokens=4,
-        )
-        return replace(base, **overrides)
-
-    return make
 
 
 def test_resume_reproduces_the_uninterrupted_losses(

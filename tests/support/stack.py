@@ -116,7 +116,7 @@ def stack_env(home: Path, model_root: Path, **extra: str) -> dict[str, str]:
     env.update(
         DISTILL_HOME=str(home),
         DISTILL_MODEL_ROOTS=str(model_root),
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
         # Short leases and sweeps so that a lost worker is noticed within seconds in tests.
         DISTILL_LEASE_SECONDS="8",
         DISTILL_HEARTBEAT_SECONDS="1",
