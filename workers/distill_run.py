@@ -153,7 +153,10 @@ def _run(
         recorder.finish("succeeded", result=result, output_model_id=model_ref,
                         progress_step=outcome.step)  # fmt: skip
     finally:
-        recipe.cleanup()
+        try:
+            recipe.cleanup()  # flushes pending metrics: must not mask how the job ended
+        except Exception:
+            log.exception("cleanup of %s failed", job.id)
 
 
 def _lineage(job: Job) -> dict[str, Any]:

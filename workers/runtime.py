@@ -171,8 +171,6 @@ class JobRecorder:
                 Checkpoint(id=new_id("ckpt"), job_id=self.job_id, step=step, path=str(path),
                            bytes=size, sha256=digest)
             )  # fmt: skip
-            add_event(session, self.job_id, "info", f"checkpoint saved at step {step}",
-                      step=step, bytes=size)  # fmt: skip
             old = list(
                 session.scalars(
                     select(Checkpoint)

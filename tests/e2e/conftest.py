@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.stack import Stack, wait_until
+from tests.support.stack import Stack, stack_env, wait_until
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -89,3 +89,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture
+def embedded_stack(tmp_path: Path, model_root: Path, stack_logs: list[Stack]) -> tuple[Stack, Api]:
+    """`distill serve` (the embedded default) in its own DISTILL_HOME, and a client for it."""
+    home = tmp_path / "home"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    stack = Stack(env=stack_env(home, model_root), log_dir=logs)
+    stack_logs.append(stack)
+    stack.start_serve()
+    return stack, Api(stack.url, credentials(home))

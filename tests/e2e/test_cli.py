@@ -12,17 +12,12 @@ import yaml
 from client.errors import DistillAPIError
 from client.sdk import DistillClient
 from tests.e2e.conftest import credentials, distill_spec
-from tests.support.stack import ROOT, Stack, stack_env
+from tests.support.stack import ROOT
 
 
-def test_cli_drives_a_job_from_upload_to_download(tmp_path, model_root, tiny_teacher, jsonl_file,
-                                                 stack_logs):  # fmt: skip
-    home = tmp_path / "home"
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    stack = Stack(env=stack_env(home, model_root), log_dir=logs)
-    stack_logs.append(stack)
-    stack.start_serve()
+def test_cli_drives_a_job_from_upload_to_download(tmp_path, embedded_stack, tiny_teacher,
+                                                 jsonl_file):  # fmt: skip
+    stack, api = embedded_stack
 
     def distill(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -52,7 +47,7 @@ def test_cli_drives_a_job_from_upload_to_download(tmp_path, model_root, tiny_tea
     assert (tmp_path / "student" / "config.json").exists()
     assert list((tmp_path / "student").glob("*.safetensors"))
 
-    with DistillClient(base_url=stack.url, api_key=credentials(home)) as client:
+    with DistillClient(base_url=stack.url, api_key=credentials(tmp_path / "home")) as client:
         listed = list(client.list_jobs(metadata={}))
         assert [j["id"] for j in listed] == [job["id"]]
         with pytest.raises(DistillAPIError) as finished:

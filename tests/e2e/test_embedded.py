@@ -6,20 +6,13 @@ from __future__ import annotations
 import io
 import tarfile
 
-from tests.e2e.conftest import TERMINAL, Api, credentials, distill_spec
-from tests.support.stack import Stack, stack_env
+from tests.e2e.conftest import TERMINAL, distill_spec
 
 
-def test_distill_serve_runs_a_job_end_to_end(tmp_path, model_root, tiny_teacher, jsonl_file,
-                                             stack_logs):  # fmt: skip
+def test_distill_serve_runs_a_job_end_to_end(tmp_path, embedded_stack, tiny_teacher, jsonl_file):
+    stack, api = embedded_stack
     home = tmp_path / "home"
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    stack = Stack(env=stack_env(home, model_root), log_dir=logs)
-    stack_logs.append(stack)
-    stack.start_serve()
     assert (home / "distill.db").exists()
-    api = Api(stack.url, credentials(home))
 
     teacher, dataset = api.register(tiny_teacher), api.upload_dataset(jsonl_file)
     job_id = api.call("POST", "/v1/jobs", 201, json=distill_spec(teacher, dataset))["id"]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import TERMINAL, Api, credentials, distill_spec
-from tests.support.stack import Stack, stack_env
+from tests.e2e.conftest import TERMINAL, distill_spec
 
 torch = pytest.importorskip("torch")
 pytestmark = [
@@ -14,13 +13,8 @@ pytestmark = [
 ]
 
 
-def test_gpu_queue_job_runs_on_cuda(tmp_path, model_root, tiny_teacher, jsonl_file, stack_logs):
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    stack = Stack(env=stack_env(tmp_path / "home", model_root), log_dir=logs)
-    stack_logs.append(stack)
-    stack.start_serve()
-    api = Api(stack.url, credentials(tmp_path / "home"))
+def test_gpu_queue_job_runs_on_cuda(embedded_stack, tiny_teacher, jsonl_file):
+    _, api = embedded_stack
     spec = distill_spec(api.register(tiny_teacher), api.upload_dataset(jsonl_file))
     spec["resources"] = {"queue": "gpu"}
     job = api.call("POST", "/v1/jobs", 201, json=spec)
