@@ -8,6 +8,7 @@ False in this module.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -103,6 +104,19 @@ class ModelInfo:
     vocab_size: int
     tokenizer_sha256: str | None
     num_layers: int | None
+    weights_sha256: str
+
+
+def weights_sha256(path: Path) -> str:
+    """sha256 over the directory's ``*.safetensors`` files (names and bytes, sorted by name):
+    two directories with the same weights hash equal wherever they live."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).glob("*.safetensors")):
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _count_safetensors_parameters(path: Path) -> int:
@@ -139,6 +153,7 @@ def inspect_model_dir(path: Path) -> ModelInfo:
         vocab_size=int(config.vocab_size),
         tokenizer_sha256=tok_hash,
         num_layers=int(num_layers) if num_layers is not None else None,
+        weights_sha256=weights_sha256(path),
     )
 
 

@@ -1,7 +1,17 @@
 """SQLAlchemy 2.0 ORM shared by the API and the workers. Never imports ``api``."""
 
 from models.base import Base, new_id, utcnow
-from models.tables import ApiKey, Checkpoint, Dataset, Job, JobEvent, Metric, Model, Project
+from models.tables import (
+    ApiKey,
+    Checkpoint,
+    Dataset,
+    Job,
+    JobEvent,
+    Metric,
+    Model,
+    Project,
+    TeacherArtifact,
+)
 
 __all__ = [
     "ApiKey",
@@ -13,6 +23,7 @@ __all__ = [
     "Metric",
     "Model",
     "Project",
+    "TeacherArtifact",
     "new_id",
     "utcnow",
 ]

@@ -67,6 +67,8 @@ class Model(Base):
     vocab_size: Mapped[int] = mapped_column(Integer)
     num_layers: Mapped[int | None] = mapped_column(Integer, default=None)
     tokenizer_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    # sha256 over the safetensors files: what a teacher cache is keyed on.
+    weights_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     source_job_id: Mapped[str | None] = mapped_column(String(40), default=None)
     lineage: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -140,4 +142,25 @@ class Checkpoint(Base):
     path: Mapped[str] = mapped_column(String(1000))
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TeacherArtifact(Base):
+    """Work a teacher did once and later jobs reuse: sparse logits (``kind="logits"``) or
+    sequence-level KD generations (``kind="seqkd"``). Keyed by a fingerprint of everything that
+    shaped it (teacher weights, tokenizer, examples, settings); shared across projects, since a
+    project can only name examples it was able to read."""
+
+    __tablename__ = "teacher_artifacts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    teacher_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    examples_sha256: Mapped[str] = mapped_column(String(64))
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16))  # building | ready
+    path: Mapped[str] = mapped_column(String(1000))
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_by_job_id: Mapped[str | None] = mapped_column(String(40), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -33,6 +33,7 @@ def resolve_model(
             "vocab_size": row.vocab_size,
             "num_layers": row.num_layers,
             "tokenizer_sha256": row.tokenizer_sha256,
+            "weights_sha256": row.weights_sha256,
         }
     path = confine_model_dir(ref, settings.resolved_model_roots, loc=loc)
     info = inspect_or_reject(path, loc=loc)
@@ -43,6 +44,7 @@ def resolve_model(
         "vocab_size": info.vocab_size,
         "num_layers": info.num_layers,
         "tokenizer_sha256": info.tokenizer_sha256,
+        "weights_sha256": info.weights_sha256,
     }
 
 

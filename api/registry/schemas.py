@@ -25,6 +25,7 @@ class ModelOut(BaseModel):
     vocab_size: int
     num_layers: int | None
     tokenizer_sha256: str | None
+    weights_sha256: str | None
     source_job_id: str | None
     lineage: dict[str, Any]
     created_at: datetime

@@ -81,6 +81,7 @@ def _insert(
         vocab_size=info.vocab_size,
         num_layers=info.num_layers,
         tokenizer_sha256=info.tokenizer_sha256,
+        weights_sha256=info.weights_sha256,
         lineage=lineage,
     )
     return repository.add(session, row)
