@@ -69,7 +69,7 @@ def apply_lora(student: PreTrainedModel, settings: LoraSettings) -> PeftModel:
         )
     config = LoraConfig(
         r=settings.r,
-        lora_alpha=settings.alpha,
+        lora_alpha=settings.alpha,  # type: ignore[arg-type]  # peft annotates int, accepts float
         lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules),
         task_type="CAUSAL_LM",
@@ -84,6 +84,6 @@ def save_lora_student(
     ``merge``, else the frozen base weights (apply the adapter with peft to use it). The
     model is modified in place: call this last."""
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir / ADAPTER_DIR, safe_serialization=True)
+    model.save_pretrained(str(out_dir / ADAPTER_DIR), safe_serialization=True)
     base = model.merge_and_unload() if merge else model.unload()
     save_model(base, tokenizer, out_dir)  # type: ignore[arg-type]
