@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-SUPPORTED_LOSSES = ("ce", "fkl")
-# Named in the design and accepted by name, but not runnable yet: a clear 422, not a crash.
-PLANNED_LOSSES = (
-    "rkl", "jsd", "skl", "srkl", "tvd", "akl", "atkd", "taid", "dskd", "uld", "mined",
-)  # fmt: skip
-SUPPORTED_DATA_MODES = ("offline",)
-PLANNED_DATA_MODES = ("seqkd", "onpolicy", "opd", "skd")
+from api.jobs.spec_method import MethodSpec, Strict
+
 LAYER_SHORTHANDS = {"every_layer": 1, "every_2nd": 2, "every_3rd": 3, "every_4th": 4}
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ModelInit(Strict):
@@ -59,20 +50,31 @@ class ModelInitRef(Strict):
 
 class TeacherSpec(Strict):
     model: str = Field(min_length=1, description="registered model id, or an allowed local path")
+    weight: float = Field(default=1.0, ge=0, description="mixture weight among `teachers`")
+    route: str | None = Field(
+        default=None, description="with `routing`: the value of the routing field it teaches"
+    )
+
+
+class RoutingSpec(Strict):
+    field: str = Field(min_length=1, description="the dataset line's field naming its teacher")
+
+
+class LoraSpec(Strict):
+    r: int = Field(default=16, ge=1, le=1024)
+    alpha: float = Field(default=32.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
+    )
+    merge: bool = Field(default=True, description="save merged weights (else base + adapter)")
 
 
 class StudentSpec(Strict):
     model: str | ModelInitRef = Field(
         default_factory=lambda: ModelInitRef(init=ModelInit(from_teacher_layers="every_2nd"))
     )
-    lora: dict[str, Any] | None = None
-
-    @field_validator("lora")
-    @classmethod
-    def _no_lora_yet(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            raise ValueError("LoRA students are not available yet; set lora to null")
-        return value
+    lora: LoraSpec | None = None
 
 
 class DatasetRefs(Strict):
@@ -81,49 +83,6 @@ class DatasetRefs(Strict):
     eval_fraction: float = Field(
         default=0.1, gt=0, lt=1, description="held out from train when no eval set is given"
     )
-
-
-class MethodSpec(Strict):
-    loss: str = "fkl"
-    params: dict[str, float] = Field(default_factory=dict)
-    data_mode: str = "offline"
-    teacher_cache: Literal["auto", "off"] = "auto"
-
-    @field_validator("loss")
-    @classmethod
-    def _known_loss(cls, value: str) -> str:
-        if value in SUPPORTED_LOSSES:
-            return value
-        if value in PLANNED_LOSSES:
-            raise ValueError(
-                f"'{value}' is not available yet; available: {', '.join(SUPPORTED_LOSSES)}"
-            )
-        raise ValueError(f"unknown loss '{value}'; available: {', '.join(SUPPORTED_LOSSES)}")
-
-    @field_validator("data_mode")
-    @classmethod
-    def _known_mode(cls, value: str) -> str:
-        if value in SUPPORTED_DATA_MODES:
-            return value
-        known = ", ".join(SUPPORTED_DATA_MODES)
-        if value in PLANNED_DATA_MODES:
-            raise ValueError(f"'{value}' is not available yet; available: {known}")
-        raise ValueError(f"unknown data mode '{value}'; available: {known}")
-
-    @field_validator("params")
-    @classmethod
-    def _known_params(cls, value: dict[str, float]) -> dict[str, float]:
-        allowed = {"temperature", "alpha_ce"}
-        for key, v in value.items():
-            if key not in allowed:
-                raise ValueError(
-                    f"unknown parameter '{key}'; allowed: {', '.join(sorted(allowed))}"
-                )
-            if key == "temperature" and not 0 < v <= 100:
-                raise ValueError("temperature must be in (0, 100]")
-            if key == "alpha_ce" and not 0 <= v <= 1:
-                raise ValueError("alpha_ce must be in [0, 1]")
-        return value
 
 
 class TrainingSpec(Strict):
@@ -140,6 +99,9 @@ class TrainingSpec(Strict):
     seed: int = 0
     checkpoint_every: int = Field(default=200, ge=0)
     eval_every: int = Field(default=0, ge=0)
+    kd_chunk_tokens: int = Field(
+        default=0, ge=0, description="> 0: chunked KD that never holds full-vocab probabilities"
+    )
 
 
 class EvaluationSpec(Strict):
@@ -158,13 +120,39 @@ class DistillSpec(Strict):
     kind: Literal["distill"]
     name: Annotated[str | None, Field(max_length=200)] = None
     metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    teacher: TeacherSpec
+    teacher: TeacherSpec | None = None
+    teachers: list[TeacherSpec] | None = Field(default=None, min_length=2, max_length=8)
+    routing: RoutingSpec | None = None
     student: StudentSpec = Field(default_factory=StudentSpec)
     dataset: DatasetRefs
     method: MethodSpec = Field(default_factory=MethodSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @model_validator(mode="after")
+    def _teachers(self) -> DistillSpec:
+        if (self.teacher is None) == (self.teachers is None):
+            raise ValueError("give exactly one of teacher or teachers")
+        if self.teachers is None:
+            if self.routing is not None:
+                raise ValueError("routing needs several teachers")
+            return self
+        if self.method.data_mode != "offline" or self.method.teacher_cache not in ("auto", "off"):
+            raise ValueError(
+                "several teachers work with data_mode 'offline' and no teacher_cache settings"
+            )
+        if self.routing is not None:
+            routes = [t.route for t in self.teachers]
+            if any(r is None for r in routes) or len(set(routes)) != len(routes):
+                raise ValueError("with routing, every teacher needs its own distinct route")
+        elif sum(t.weight for t in self.teachers) <= 0:
+            raise ValueError("teacher weights must not all be zero")
+        return self
+
+    @property
+    def all_teachers(self) -> list[TeacherSpec]:
+        return self.teachers or ([self.teacher] if self.teacher else [])
 
 
 JOB_KINDS = ("distill", "edit", "inject")

@@ -10,6 +10,10 @@ Loss per optimizer step (``S`` = the step's micro-batches, ``N`` = their respons
     loss = sum_{mb in S} [(1 - alpha_ce) * KD_sum(mb) + alpha_ce * CE_sum(mb)] / N
 
 so gradient accumulation gives the same update as one batch holding all the micro-batches.
+``KD_sum`` comes from full logits, or, with ``kd_chunk_tokens > 0``, from final hidden states a
+chunk of tokens at a time (``ml/distillation/chunked.py``; same value, less memory). For
+``taid`` the recipe owns a :class:`TaidSchedule`: each step's loss uses its current ``t``, the
+step's mean KD loss then updates it, and its state travels in the checkpoints.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ml.data.examples import IGNORE_INDEX, collate, encode_example
 from ml.distillation.checkpointing import read_checkpoint, write_checkpoint
+from ml.distillation.chunked import check_logits_from_hidden, shifted_model_kd_ce_sums
 from ml.distillation.losses import ce_loss, kd_loss
 from ml.distillation.recipe_config import MetricPoint, RecipeConfig, TrainOutcome
 from ml.distillation.schedule import build_scheduler
 from ml.distillation.student_init import build_student
+from ml.distillation.taid import TaidSchedule
 from ml.evaluation.generation import evaluate_model
 from ml.loading import load_causal_lm, load_tokenizer, save_model
 
@@ -68,6 +74,7 @@ class DistillRecipe:
         self.teacher: PreTrainedModel | None = None
         self.student: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self._taid: TaidSchedule | None = None
 
     # ----------------------------------------------------------------------------- setup
     def setup(self, resume_from: Path | None = None) -> None:
@@ -92,6 +99,9 @@ class DistillRecipe:
         self.student.to(device=self.device, dtype=torch.float32)  # type: ignore[call-arg]
         self.student.train()
         self._check_vocabularies()
+        if cfg.kd_chunk_tokens and self.teacher is not None:
+            check_logits_from_hidden(self.student, name="student")
+            check_logits_from_hidden(self.teacher, name="teacher")
         # Data before the optimizer: the schedule needs the number of steps.
         self._examples = [
             encode_example(self.tokenizer, p, r, cfg.max_length) for p, r in cfg.train_records
@@ -108,6 +118,9 @@ class DistillRecipe:
             total_steps=self.total_steps,
             schedule=cfg.schedule,
         )
+        # TAID's t schedule spans the run, so it needs total_steps; resume restores its state.
+        if cfg.loss == "taid":
+            self._taid = TaidSchedule(total_steps=self.total_steps, **cfg.loss_params)
         # Resume last: it overwrites weights, optimizer, scheduler, RNG and data position.
         if resume_from is not None:
             self._resume(Path(resume_from))
@@ -154,6 +167,8 @@ class DistillRecipe:
         scheduler_state["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)
         self.scheduler.load_state_dict(scheduler_state)
         self.step, self._epoch, self._position = state["step"], state["epoch"], state["position"]
+        if self._taid is not None and "taid" in state:
+            self._taid.load_state_dict(state["taid"])
         if state.get("config_fingerprint") != self.config.fingerprint():
             self._event("warn", "resuming with a changed training config", {"path": str(path)})
         self._event("info", f"resumed from step {self.step}", {"step": self.step})
@@ -212,32 +227,16 @@ class DistillRecipe:
         n_tokens = sum(int((mb["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb in micro_batches)
         denominator = max(n_tokens, 1)
         use_kd = cfg.loss != "ce"
+        kd_params = self._kd_params()
         kd_total = ce_total = 0.0
         input_tokens = 0
         for batch in micro_batches:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             input_tokens += int(batch["attention_mask"].sum())
-            labels = batch["labels"][:, 1:]
             with self._autocast():
-                logits = self.student(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits[:, :-1]
-                ce_sum = ce_loss(logits, labels, reduction="sum")
+                ce_sum, kd_sum = self._loss_sums(batch, kd_params)
                 total = ce_sum
-                if use_kd:
-                    assert self.teacher is not None
-                    with torch.no_grad():
-                        teacher_logits = self.teacher(
-                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                        ).logits[:, :-1]
-                    kd_sum = kd_loss(
-                        logits,
-                        teacher_logits,
-                        method=cfg.loss,
-                        mask=labels != IGNORE_INDEX,
-                        temperature=cfg.temperature,
-                        reduction="sum",
-                    )
+                if kd_sum is not None:
                     kd_total += float(kd_sum.detach())
                     total = (1.0 - cfg.alpha_ce) * kd_sum + cfg.alpha_ce * ce_sum
             ce_total += float(ce_sum.detach())
@@ -261,7 +260,56 @@ class DistillRecipe:
         }
         if use_kd:
             values["train/loss_kd"] = kd_mean
+        if self._taid is not None:
+            values["train/taid_t"] = kd_params["t"]  # the t this step's loss used
+            self._taid.update(self.step, kd_mean)
         self._pending.extend(MetricPoint(k, self.step, v) for k, v in values.items())
+
+    def _kd_params(self) -> dict[str, float]:
+        """``kd_loss``'s method parameters for this step: TAID's current t, or the config's."""
+        if self._taid is not None:
+            return {"t": self._taid.t}
+        return dict(self.config.loss_params)
+
+    def _loss_sums(
+        self, batch: dict[str, Tensor], kd_params: dict[str, float]
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(CE_sum, KD_sum or None for "ce")`` of one micro-batch over its response tokens."""
+        cfg = self.config
+        assert self.student is not None
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        labels = batch["labels"][:, 1:]
+        if cfg.loss == "ce" or not cfg.kd_chunk_tokens:
+            logits = self.student(**inputs).logits[:, :-1]
+            ce_sum = ce_loss(logits, labels, reduction="sum")
+            if cfg.loss == "ce":
+                return ce_sum, None
+            assert self.teacher is not None
+            with torch.no_grad():
+                teacher_logits = self.teacher(**inputs).logits[:, :-1]
+            kd_sum = kd_loss(
+                logits,
+                teacher_logits,
+                method=cfg.loss,
+                mask=labels != IGNORE_INDEX,
+                temperature=cfg.temperature,
+                reduction="sum",
+                **kd_params,
+            )
+            return ce_sum, kd_sum
+        # Chunked: no (batch, seq, vocab) logits; only hidden states and the lm heads.
+        assert self.teacher is not None
+        kd_sum, ce_sum = shifted_model_kd_ce_sums(
+            self.student,
+            self.teacher,
+            inputs,
+            labels,
+            method=cfg.loss,
+            temperature=cfg.temperature,
+            chunk_tokens=cfg.kd_chunk_tokens,
+            params=kd_params,
+        )
+        return ce_sum, kd_sum
 
     # ------------------------------------------------------------------ eval, checkpoints
     def evaluate(self, which: str = "student") -> dict[str, float]:
@@ -312,6 +360,7 @@ class DistillRecipe:
                 "total_steps": self.total_steps,
                 "scheduler": scheduler_state,
                 "config_fingerprint": cfg.fingerprint(),
+                "taid": self._taid.state_dict() if self._taid is not None else None,
             },
         )
         self._event(

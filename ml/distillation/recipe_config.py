@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml.distillation.losses import KD_METHODS
+from ml.distillation.losses import KD_METHODS, validate_loss_params
 from ml.distillation.schedule import SCHEDULES
 
 
@@ -29,6 +29,9 @@ class RecipeConfig:
     train_records: list[tuple[str, str]]  # (prompt text incl. template, response text)
     eval_records: list[tuple[str, str]]
     loss: str = "fkl"  # "ce" or one of KD_METHODS
+    # The method's parameters (jsd: beta; skl/srkl: alpha; akl: mu; atkd: k, ratio, lam;
+    # taid: t_start, t_end, alpha, beta of its schedule); checked by validate_loss_params.
+    loss_params: dict[str, float] = field(default_factory=dict)
     temperature: float = 1.0
     alpha_ce: float = 0.0  # total = (1 - alpha_ce) * kd + alpha_ce * ce; "ce" -> total = ce
     epochs: int = 1
@@ -48,11 +51,17 @@ class RecipeConfig:
     max_new_tokens: int = 16
     device: str = "cpu"  # "cpu" or "cuda[:i]"; cuda trains under bf16 autocast
     checkpoint_dir: Path | None = None
+    # > 0: KD from hidden states, this many response tokens at a time (ml/distillation/chunked);
+    # 0: from full logits. Same losses either way; only peak memory differs. Ignored for "ce".
+    kd_chunk_tokens: int = 0
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
         if self.loss != "ce" and self.loss not in KD_METHODS:
             raise ValueError(f"loss must be 'ce' or one of {KD_METHODS}, got {self.loss!r}")
+        validate_loss_params(self.loss, self.loss_params)
+        if self.kd_chunk_tokens < 0:
+            raise ValueError(f"kd_chunk_tokens must be >= 0, got {self.kd_chunk_tokens}")
         if self.loss != "ce" and self.teacher_path is None:
             raise ValueError(f"loss {self.loss!r} needs a teacher_path")
         if self.student_path is None and not self.student_init:
@@ -76,7 +85,13 @@ class RecipeConfig:
     def fingerprint(self) -> str:
         """sha256 of the fields that decide the training trajectory (not device or logging)."""
         values = asdict(self)
-        for name in ("device", "checkpoint_dir", "checkpoint_every", "eval_every"):
+        for name in (
+            "device",
+            "checkpoint_dir",
+            "checkpoint_every",
+            "eval_every",
+            "kd_chunk_tokens",
+        ):
             values.pop(name)
         for name in ("train_records", "eval_records"):
             values[name] = hashlib.sha256(json.dumps(values[name]).encode()).hexdigest()

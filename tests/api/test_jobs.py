@@ -49,10 +49,20 @@ def test_create_get_and_resolve(api, auth, refs):
     "patch, loc, text",
     [
         ({"method": {"loss": "nope"}}, ["body", "method", "loss"], "unknown loss"),
-        ({"method": {"loss": "jsd"}}, ["body", "method", "loss"], "not available yet"),
-        ({"method": {"params": {"alpha_ce": 2}}}, ["body", "method", "params"], "alpha_ce"),
-        ({"method": {"params": {"beta": 0.5}}}, ["body", "method", "params"], "unknown parameter"),
-        ({"method": {"data_mode": "onpolicy"}}, ["body", "method", "data_mode"], "not available"),
+        ({"method": {"loss": "dskd"}}, ["body", "method", "loss"], "not available yet"),
+        ({"method": {"params": {"alpha_ce": 2}}}, ["body", "method"], "alpha_ce"),
+        ({"method": {"params": {"beta": 0.5}}}, ["body", "method"], "unknown parameter 'beta'"),
+        ({"method": {"loss": "jsd", "params": {"beta": 1.5}}}, ["body", "method"], "'beta'"),
+        ({"method": {"loss": "skl", "params": {"alpha": -1}}}, ["body", "method"], "'alpha'"),
+        ({"method": {"loss": "ce", "data_mode": "onpolicy"}}, ["body", "method"], "KD loss"),
+        ({"method": {"data_mode": "opd"}}, ["body", "method"], "set loss to 'rkl'"),
+        ({"method": {"data_mode": "sideways"}}, ["body", "method", "data_mode"], "unknown"),
+        (
+            {"method": {"loss": "rkl", "teacher_cache": {"mode": "topk"}}},
+            ["body", "method"],
+            "teacher_cache settings need",
+        ),
+        ({"method": {"generation": {"top_p": 0}}}, ["body", "method", "generation", "top_p"], ""),
         ({"training": {"batch_size": 0}}, ["body", "training", "batch_size"], "greater than"),
         ({"training": {"epochs": 1, "typo": 1}}, ["body", "training", "typo"], "not permitted"),
         ({"kind": "edit"}, ["body", "kind"], "not available yet"),
@@ -65,7 +75,12 @@ def test_create_get_and_resolve(api, auth, refs):
             ["body", "student", "model", "init", "from_teacher_layers"],
             "exceeds",
         ),
-        ({"student": {"lora": {"r": 8}}}, ["body", "student", "lora"], "not available"),
+        (
+            {"student": {"lora": {"target_modules": ["q_proj", "c_attn"]}}},
+            ["body", "student", "lora", "target_modules"],
+            "c_attn is not a linear module of the student",
+        ),
+        ({"student": {"lora": {"r": 0}}}, ["body", "student", "lora", "r"], "greater than"),
     ],
 )
 def test_bad_specs_name_the_field_and_create_nothing(api, auth, refs, patch, loc, text):
@@ -122,3 +137,42 @@ def test_another_projects_job_is_404_everywhere(api, auth, refs):
     response = api.client.post("/v1/jobs", headers=other, json=_spec(refs))
     assert response.status_code == 422
     assert response.json()["errors"][0]["loc"] == ["body", "teacher", "model"]
+
+
+def test_lora_and_several_teachers_are_accepted(api, auth, refs):
+    spec = _spec(
+        refs,
+        teacher=None,
+        teachers=[{"model": refs["teacher"], "weight": 2}, {"model": refs["teacher"]}],
+        student={"model": {"init": {"from_teacher_layers": 2}},
+                 "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"], "merge": False}},
+    )  # fmt: skip
+    response = api.client.post("/v1/jobs", headers=auth, json=spec)
+    assert response.status_code == 201, response.text
+    with session_scope(api.database_url) as session:
+        row = session.scalars(select(Job).where(Job.id == response.json()["id"])).one()
+        assert [t["weight"] for t in row.resolved["teachers"]] == [2.0, 1.0]
+
+
+def test_teacher_and_teachers_together_are_refused(api, auth, refs):
+    spec = _spec(refs, teachers=[{"model": refs["teacher"]}, {"model": refs["teacher"]}])
+    response = api.client.post("/v1/jobs", headers=auth, json=spec)
+    assert response.status_code == 422
+    assert "exactly one of teacher or teachers" in response.json()["detail"]
+
+
+def test_routing_names_the_first_unroutable_dataset_line(api, auth, refs, instruction_records):
+    from ml.data.instructions import TASKS
+
+    tasks = list(TASKS)
+    routed = [{"model": refs["teacher"], "route": task} for task in tasks[:-1]]
+    spec = _spec(refs, teacher=None, teachers=routed, routing={"field": "task"})
+    response = api.client.post("/v1/jobs", headers=auth, json=spec)
+    assert response.status_code == 422
+    first_bad = 1 + next(i for i, r in enumerate(instruction_records) if r["task"] == tasks[-1])
+    problem = response.json()
+    assert problem["errors"][0]["line"] == first_bad
+    assert problem["errors"][0]["loc"] == ["body", "routing", "field"]
+    routed.append({"model": refs["teacher"], "route": tasks[-1]})
+    spec = _spec(refs, teacher=None, teachers=routed, routing={"field": "task"})
+    assert api.client.post("/v1/jobs", headers=auth, json=spec).status_code == 201
