@@ -27,17 +27,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ml.data.examples import IGNORE_INDEX, collate, encode_example
 from ml.distillation.checkpointing import read_checkpoint, write_checkpoint
-from ml.distillation.chunked import check_logits_from_hidden, shifted_model_kd_ce_sums
-from ml.distillation.losses import ce_loss, kd_loss
+from ml.distillation.chunked import check_logits_from_hidden
+from ml.distillation.lora import LoraSettings, apply_lora, save_lora_student
 from ml.distillation.recipe_config import MetricPoint, RecipeConfig, TrainOutcome
 from ml.distillation.schedule import build_scheduler
+from ml.distillation.step_losses import MicroBatch, StepLosses
 from ml.distillation.student_init import build_student
 from ml.distillation.taid import TaidSchedule
+from ml.distillation.teacher_cache import TeacherCacheReader
+from ml.distillation.teacher_signal import TeacherSignal
 from ml.evaluation.generation import evaluate_model
 from ml.loading import load_causal_lm, load_tokenizer, save_model
 
@@ -75,6 +77,7 @@ class DistillRecipe:
         self.student: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._taid: TaidSchedule | None = None
+        self._signal = TeacherSignal([])
 
     # ----------------------------------------------------------------------------- setup
     def setup(self, resume_from: Path | None = None) -> None:
@@ -89,23 +92,33 @@ class DistillRecipe:
         if cfg.teacher_path is not None:
             self.teacher = load_causal_lm(cfg.teacher_path, device=cfg.device)
             self.teacher.requires_grad_(False)
-        self.student = build_student(
+        student = build_student(
             student_path=cfg.student_path,
             student_init=cfg.student_init,
             teacher=self.teacher,
             tokenizer=self.tokenizer,
         )
+        if cfg.lora is not None:  # adapters before .to(): peft creates them on the base's device
+            lora = dict(cfg.lora)
+            lora["target_modules"] = tuple(
+                lora.get("target_modules") or LoraSettings().target_modules
+            )
+            student = apply_lora(student, LoraSettings(**lora))  # type: ignore[assignment]
         # float32 master weights everywhere; cuda computes under bf16 autocast instead.
-        self.student.to(device=self.device, dtype=torch.float32)  # type: ignore[call-arg]
-        self.student.train()
+        student.to(device=self.device, dtype=torch.float32)  # type: ignore[call-arg]
+        student.train()
+        self.student = student
         self._check_vocabularies()
         if cfg.kd_chunk_tokens and self.teacher is not None:
-            check_logits_from_hidden(self.student, name="student")
+            check_logits_from_hidden(student, name="student")
             check_logits_from_hidden(self.teacher, name="teacher")
         # Data before the optimizer: the schedule needs the number of steps.
         self._examples = [
             encode_example(self.tokenizer, p, r, cfg.max_length) for p, r in cfg.train_records
         ]
+        # Teachers after the data: a cache is checked against exactly these examples.
+        self._signal = self._build_teacher_signal()
+        self._losses = StepLosses(cfg, self._signal, self.tokenizer, self._autocast)
         self._micro_per_epoch = -(-len(self._examples) // cfg.batch_size)
         self._steps_per_epoch = -(-self._micro_per_epoch // cfg.grad_accum)
         self.total_steps = cfg.max_steps or self._steps_per_epoch * cfg.epochs
@@ -130,12 +143,40 @@ class DistillRecipe:
             {
                 "total_steps": self.total_steps,
                 "steps_per_epoch": self._steps_per_epoch,
-                "student_parameters": self.student.num_parameters(),
+                "student_parameters": student.num_parameters(),
                 "teacher_parameters": self.teacher.num_parameters() if self.teacher else None,
                 "device": str(self.device),
                 "start_step": self.step,
             },
         )
+
+    def _build_teacher_signal(self) -> TeacherSignal:
+        cfg = self.config
+        if cfg.loss == "ce":
+            return TeacherSignal([])
+        if cfg.teacher_cache_dir is not None:
+            assert cfg.teacher_cache_fingerprint is not None
+            reader = TeacherCacheReader.open(
+                cfg.teacher_cache_dir,
+                expected_fingerprint=cfg.teacher_cache_fingerprint,
+                expected_fields=cfg.teacher_cache_fields,
+            )
+            if reader.n_examples != len(self._examples):
+                raise ValueError(
+                    f"the teacher cache holds {reader.n_examples} examples, the run has "
+                    f"{len(self._examples)}"
+                )
+            # The cache replaces the teacher's forward pass: free it until evaluation.
+            self.teacher = None
+            self._event("info", "KD targets from the teacher cache", {"mode": reader.mode})
+            return TeacherSignal([], cache=reader)
+        assert self.teacher is not None
+        teachers = [self.teacher]
+        for path in cfg.extra_teacher_paths:
+            extra = load_causal_lm(path, device=cfg.device)
+            extra.requires_grad_(False)
+            teachers.append(extra)
+        return TeacherSignal(teachers, weights=cfg.teacher_weights, routes=cfg.train_routes)
 
     def _param_groups(self) -> list[dict[str, Any]]:
         # No weight decay on norms and biases (1-d tensors), as in most LM recipes.
@@ -202,7 +243,7 @@ class DistillRecipe:
             self._order_cache = (epoch, order)
         return self._order_cache[1]
 
-    def _next_micro_batches(self) -> Iterator[dict[str, Tensor]]:
+    def _next_micro_batches(self) -> Iterator[MicroBatch]:
         """The next optimizer step's micro-batches; a step never spans two epochs."""
         cfg = self.config
         order = self._epoch_order(self._epoch)
@@ -210,7 +251,7 @@ class DistillRecipe:
         end = min(self._position + cfg.grad_accum, self._micro_per_epoch)
         for micro in range(self._position, end):
             indices = order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
-            yield collate([self._examples[i] for i in indices], pad_id)
+            yield collate([self._examples[i] for i in indices], pad_id), indices
         self._position = end
         if self._position >= self._micro_per_epoch:
             self._epoch, self._position = self._epoch + 1, 0
@@ -220,26 +261,32 @@ class DistillRecipe:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _train_step(self, micro_batches: list[dict[str, Tensor]]) -> None:
+    def _train_step(self, micro_batches: list[MicroBatch]) -> None:
         cfg = self.config
         assert self.student is not None
         started = time.perf_counter()
-        n_tokens = sum(int((mb["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb in micro_batches)
+        micro_batches, generated, values = self._losses.batches(
+            self.student, micro_batches, self.step + 1
+        )
+        n_tokens = sum(int((mb["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb, _ in micro_batches)
         denominator = max(n_tokens, 1)
         use_kd = cfg.loss != "ce"
         kd_params = self._kd_params()
-        kd_total = ce_total = 0.0
+        kd_total = ce_total = opd_kl_total = 0.0
         input_tokens = 0
-        for batch in micro_batches:
+        for batch, indices in micro_batches:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             input_tokens += int(batch["attention_mask"].sum())
             with self._autocast():
-                ce_sum, kd_sum = self._loss_sums(batch, kd_params)
+                ce_sum, kd_sum, opd_kl = self._losses.sums(self.student, batch, indices, kd_params)
                 total = ce_sum
                 if kd_sum is not None:
                     kd_total += float(kd_sum.detach())
-                    total = (1.0 - cfg.alpha_ce) * kd_sum + cfg.alpha_ce * ce_sum
+                    # CE on the student's own samples would only reinforce them: KD alone there.
+                    mix = 0.0 if generated else cfg.alpha_ce
+                    total = (1.0 - mix) * kd_sum + mix * ce_sum
             ce_total += float(ce_sum.detach())
+            opd_kl_total += opd_kl
             (total / denominator).backward()
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), max_norm))
@@ -251,7 +298,9 @@ class DistillRecipe:
         kd_mean, ce_mean = kd_total / denominator, ce_total / denominator
         loss = (1.0 - cfg.alpha_ce) * kd_mean + cfg.alpha_ce * ce_mean if use_kd else ce_mean
         elapsed = max(time.perf_counter() - started, 1e-9)
-        values = {
+        if cfg.data_mode == "opd":
+            values["train/opd_reverse_kl"] = opd_kl_total / denominator
+        values |= {
             "train/loss": loss,
             "train/loss_ce": ce_mean,
             "train/lr": lr,
@@ -271,51 +320,13 @@ class DistillRecipe:
             return {"t": self._taid.t}
         return dict(self.config.loss_params)
 
-    def _loss_sums(
-        self, batch: dict[str, Tensor], kd_params: dict[str, float]
-    ) -> tuple[Tensor, Tensor | None]:
-        """``(CE_sum, KD_sum or None for "ce")`` of one micro-batch over its response tokens."""
-        cfg = self.config
-        assert self.student is not None
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        labels = batch["labels"][:, 1:]
-        if cfg.loss == "ce" or not cfg.kd_chunk_tokens:
-            logits = self.student(**inputs).logits[:, :-1]
-            ce_sum = ce_loss(logits, labels, reduction="sum")
-            if cfg.loss == "ce":
-                return ce_sum, None
-            assert self.teacher is not None
-            with torch.no_grad():
-                teacher_logits = self.teacher(**inputs).logits[:, :-1]
-            kd_sum = kd_loss(
-                logits,
-                teacher_logits,
-                method=cfg.loss,
-                mask=labels != IGNORE_INDEX,
-                temperature=cfg.temperature,
-                reduction="sum",
-                **kd_params,
-            )
-            return ce_sum, kd_sum
-        # Chunked: no (batch, seq, vocab) logits; only hidden states and the lm heads.
-        assert self.teacher is not None
-        kd_sum, ce_sum = shifted_model_kd_ce_sums(
-            self.student,
-            self.teacher,
-            inputs,
-            labels,
-            method=cfg.loss,
-            temperature=cfg.temperature,
-            chunk_tokens=cfg.kd_chunk_tokens,
-            params=kd_params,
-        )
-        return ce_sum, kd_sum
-
     # ------------------------------------------------------------------ eval, checkpoints
     def evaluate(self, which: str = "student") -> dict[str, float]:
         """Held-out loss / exact match / ROUGE-L of the ``"student"`` or the ``"teacher"``."""
         if which not in ("student", "teacher"):
             raise ValueError(f"which must be 'student' or 'teacher', got {which!r}")
+        if which == "teacher" and self.teacher is None and self.config.teacher_path is not None:
+            self.teacher = load_causal_lm(self.config.teacher_path, device=self.config.device)
         model = self.student if which == "student" else self.teacher
         if model is None or self.tokenizer is None:
             raise ValueError(f"no {which} model is loaded (call setup() first)")
@@ -373,11 +384,16 @@ class DistillRecipe:
         """``save_pretrained`` the student (safetensors) with the teacher's tokenizer."""
         if self.student is None or self.tokenizer is None:
             raise ValueError("call setup() before save_student()")
+        if self.config.lora is not None:  # adapter + merged (or base) weights; call it last
+            merge = bool(self.config.lora.get("merge", True))
+            save_lora_student(self.student, self.tokenizer, Path(out_dir), merge=merge)  # type: ignore[arg-type]
+            return
         save_model(self.student, self.tokenizer, Path(out_dir))
 
     def cleanup(self) -> None:
         """Drop models and optimizer state and release cached accelerator memory."""
         self._flush_metrics()
+        self._signal.close()
         self.teacher = self.student = None
         for name in ("optimizer", "scheduler", "_examples"):
             self.__dict__.pop(name, None)

@@ -11,6 +11,8 @@ from typing import Any
 from ml.distillation.losses import KD_METHODS, validate_loss_params
 from ml.distillation.schedule import SCHEDULES
 
+DATA_MODES = ("offline", "onpolicy", "opd", "skd")
+
 
 @dataclass
 class MetricPoint:
@@ -54,6 +56,26 @@ class RecipeConfig:
     # > 0: KD from hidden states, this many response tokens at a time (ml/distillation/chunked);
     # 0: from full logits. Same losses either way; only peak memory differs. Ignored for "ce".
     kd_chunk_tokens: int = 0
+    # Where batches come from (ml/distillation/data_modes.py): "offline" (the dataset),
+    # "onpolicy" (a share ``lmbda`` of steps on student samples), "opd" (student samples scored
+    # by the sampled-token reverse KL), "skd" (student proposals, teacher top-k corrections).
+    # seqkd happens before the recipe: its records already hold the teacher's responses.
+    data_mode: str = "offline"
+    lmbda: float = 0.5
+    skd_top_k: int = 25
+    generation: dict[str, Any] = field(default_factory=dict)  # GenerationSettings fields
+    # More same-vocabulary teachers besides ``teacher_path``: mixed by ``teacher_weights`` (one
+    # weight per teacher, primary first) or, with ``train_routes`` (a teacher index per training
+    # record), one teacher per example.
+    extra_teacher_paths: list[Path] = field(default_factory=list)
+    teacher_weights: list[float] | None = None
+    train_routes: list[int] | None = None
+    # A sparse teacher-logit cache built for exactly these training records: KD reads its
+    # targets instead of running the teacher (ml/distillation/teacher_cache.py).
+    teacher_cache_dir: Path | None = None
+    teacher_cache_fingerprint: str | None = None
+    teacher_cache_fields: dict[str, Any] | None = None
+    lora: dict[str, Any] | None = None  # LoraSettings fields; None = train every weight
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
@@ -81,6 +103,35 @@ class RecipeConfig:
             raise ValueError("train_records is empty")
         if self.checkpoint_every and self.checkpoint_dir is None:
             raise ValueError("checkpoint_every needs a checkpoint_dir")
+        self._validate_sources()
+
+    def _validate_sources(self) -> None:
+        if self.data_mode not in DATA_MODES:
+            raise ValueError(f"data_mode must be one of {DATA_MODES}, got {self.data_mode!r}")
+        if self.data_mode != "offline" and self.loss == "ce":
+            raise ValueError(f"data_mode {self.data_mode!r} needs a KD loss, not 'ce'")
+        if self.data_mode == "opd" and self.loss != "rkl":
+            raise ValueError("data_mode 'opd' estimates the reverse KL: set loss to 'rkl'")
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise ValueError(f"lmbda must be in [0, 1], got {self.lmbda}")
+        several = bool(self.extra_teacher_paths)
+        n_teachers = 1 + len(self.extra_teacher_paths)
+        if self.teacher_weights is not None and len(self.teacher_weights) != n_teachers:
+            raise ValueError(f"teacher_weights needs {n_teachers} weights")
+        if self.train_routes is not None:
+            if len(self.train_routes) != len(self.train_records):
+                raise ValueError("train_routes needs one teacher index per training record")
+            if any(not 0 <= r < n_teachers for r in self.train_routes):
+                raise ValueError("train_routes names a teacher that does not exist")
+        cached = self.teacher_cache_dir is not None
+        if cached and (self.teacher_cache_fingerprint is None or self.loss != "fkl"):
+            raise ValueError("a teacher cache needs its fingerprint and loss 'fkl'")
+        if (several or cached) and self.data_mode != "offline":
+            raise ValueError("several teachers or a teacher cache work with data_mode 'offline'")
+        if several and cached:
+            raise ValueError("a teacher cache holds one teacher's targets")
+        if self.kd_chunk_tokens and (several or cached or self.data_mode == "opd"):
+            raise ValueError("kd_chunk_tokens works with one teacher run live, not opd")
 
     def fingerprint(self) -> str:
         """sha256 of the fields that decide the training trajectory (not device or logging)."""
@@ -91,6 +142,7 @@ class RecipeConfig:
             "checkpoint_every",
             "eval_every",
             "kd_chunk_tokens",
+            "teacher_cache_dir",
         ):
             values.pop(name)
         for name in ("train_records", "eval_records"):
