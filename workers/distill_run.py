@@ -13,23 +13,30 @@ from typing import Any
 from sqlalchemy import select
 
 from api.config import Settings
+from api.jobs.spec_method import CACHEABLE_LOSSES
 from api.registry.service import register_job_output
 from ml.data.formatting import to_prompt_response
 from ml.distillation.recipe import DistillRecipe, RecipeConfig
 from models import Job, new_id
 from models.session import session_scope
 from workers.runtime import JobRecorder, LeaseKeeper, LeaseLost, job_dir
+from workers.teacher_work import EventSink, prepare_teacher_cache, seqkd_train_records
 
 log = logging.getLogger(__name__)
 
 
-def read_records(path: str) -> list[tuple[str, str]]:
-    records = []
+def read_dataset(
+    path: str, route_field: str | None = None
+) -> tuple[list[tuple[str, str]], list[Any]]:
+    """(prompt, response) pairs, and each line's ``route_field`` value (None without one)."""
+    records, routes = [], []
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
-                records.append(to_prompt_response(json.loads(line)))
-    return records
+                obj = json.loads(line)
+                records.append(to_prompt_response(obj))
+                routes.append(obj.get(route_field) if route_field else None)
+    return records, routes
 
 
 def pick_device(queue: str) -> str:
@@ -38,29 +45,77 @@ def pick_device(queue: str) -> str:
     return "cuda" if queue == "gpu" and torch.cuda.is_available() else "cpu"
 
 
-def build_config(job: Job, settings: Settings, device: str) -> RecipeConfig:
+def split_train_eval(
+    job: Job,
+) -> tuple[list[tuple[str, str]], list[Any], list[tuple[str, str]]]:
+    """Train records, their routes, and the held-out records (the eval set, or a seeded
+    ``eval_fraction`` of the training file)."""
+    spec, datasets = job.spec, job.resolved["datasets"]
+    route_field = (spec.get("routing") or {}).get("field")
+    train, routes = read_dataset(datasets["train"]["path"], route_field)
+    if "eval" in datasets:
+        return train, routes, read_dataset(datasets["eval"]["path"])[0]
+    order = list(range(len(train)))
+    random.Random(spec["training"]["seed"]).shuffle(order)
+    held = set(order[: max(1, int(len(train) * spec["dataset"]["eval_fraction"]))])
+    keep = [i for i in range(len(train)) if i not in held]
+    return [train[i] for i in keep], [routes[i] for i in keep], [train[i] for i in sorted(held)]
+
+
+def build_config(job: Job, settings: Settings, device: str, event: EventSink) -> RecipeConfig:
     spec, resolved = job.spec, job.resolved
-    train = read_records(resolved["datasets"]["train"]["path"])
-    if "eval" in resolved["datasets"]:
-        evaluation = read_records(resolved["datasets"]["eval"]["path"])
-    else:  # a deterministic hold-out of the training file
-        order = list(range(len(train)))
-        random.Random(spec["training"]["seed"]).shuffle(order)
-        n_eval = max(1, int(len(train) * spec["dataset"]["eval_fraction"]))
-        held = set(order[:n_eval])
-        evaluation = [r for i, r in enumerate(train) if i in held]
-        train = [r for i, r in enumerate(train) if i not in held]
+    method, training = spec["method"], spec["training"]
+    params = method["params"]
+    train, routes, evaluation = split_train_eval(job)
+    teacher = resolved["teacher"]
+    teachers = resolved.get("teachers") or [teacher]
+    data_mode = method["data_mode"]
+    if data_mode == "seqkd":  # the teacher's responses replace the dataset's (stored, reused)
+        train = seqkd_train_records(
+            settings, job_id=job.id, teacher=teacher, records=train,
+            generation=method["generation"], seed=training["seed"],
+            max_length=training["max_length"], device=device, event=event,
+        )  # fmt: skip
+        data_mode = "offline"
+    cache = None
+    temperature = float(params.get("temperature", 1.0))
+    if _cache_applies(method, data_mode, len(teachers), training["kd_chunk_tokens"]):
+        requested = None if method["teacher_cache"] == "auto" else method["teacher_cache"]
+        cache = prepare_teacher_cache(
+            settings, job_id=job.id, teacher=teacher, records=train,
+            max_length=training["max_length"], requested=requested, device=device, event=event,
+        )  # fmt: skip
+        if (
+            cache is not None
+            and cache.fields["settings"]["mode"] == "sampled"
+            and (temperature != 1.0)
+        ):
+            event("info", "sampled teacher cache skipped: it holds targets at temperature 1", {})
+            cache = None
     student = resolved["student"]
-    training, params = spec["training"], spec["method"]["params"]
+    route_index = {t["route"]: i for i, t in enumerate(teachers)}
     return RecipeConfig(
-        teacher_path=Path(resolved["teacher"]["path"]),
+        teacher_path=Path(teacher["path"]),
         student_path=Path(student["path"]) if "path" in student else None,
         student_init=student.get("init"),
         train_records=train,
         eval_records=evaluation,
-        loss=spec["method"]["loss"],
-        temperature=float(params.get("temperature", 1.0)),
+        loss=method["loss"],
+        loss_params={k: v for k, v in params.items() if k not in ("temperature", "alpha_ce")},
+        temperature=temperature,
         alpha_ce=float(params.get("alpha_ce", 0.0)),
+        data_mode=data_mode,
+        lmbda=method["lmbda"],
+        skd_top_k=method["skd_top_k"],
+        generation=method["generation"],
+        extra_teacher_paths=[Path(t["path"]) for t in teachers[1:]],
+        teacher_weights=[t["weight"] for t in teachers] if len(teachers) > 1 else None,
+        train_routes=[route_index[r] for r in routes] if spec.get("routing") else None,
+        teacher_cache_dir=cache.path if cache else None,
+        teacher_cache_fingerprint=cache.fingerprint if cache else None,
+        teacher_cache_fields=cache.fields if cache else None,
+        lora=spec["student"].get("lora"),
+        kd_chunk_tokens=training["kd_chunk_tokens"],
         epochs=training["epochs"],
         max_steps=training["max_steps"],
         batch_size=training["batch_size"],
@@ -78,6 +133,17 @@ def build_config(job: Job, settings: Settings, device: str) -> RecipeConfig:
         max_new_tokens=spec["evaluation"]["max_new_tokens"],
         device=device,
         checkpoint_dir=job_dir(settings, job.id) / "checkpoints",
+    )
+
+
+def _cache_applies(method: dict[str, Any], data_mode: str, n_teachers: int, chunk: int) -> bool:
+    """Sparse cached targets stand in for one teacher's full distribution under forward KL."""
+    return (
+        method["teacher_cache"] != "off"
+        and method["loss"] in CACHEABLE_LOSSES
+        and data_mode == "offline"
+        and n_teachers == 1
+        and not chunk
     )
 
 
@@ -111,7 +177,7 @@ def run_claimed_job(settings: Settings, job_id: str, worker_id: str) -> None:
 def _run(
     settings: Settings, job: Job, device: str, recorder: JobRecorder, keeper: LeaseKeeper
 ) -> None:
-    config = build_config(job, settings, device)
+    config = build_config(job, settings, device, recorder.event)
     recipe = DistillRecipe(
         config,
         metrics_sink=recorder.metrics,
@@ -161,10 +227,15 @@ def _run(
 
 def _lineage(job: Job) -> dict[str, Any]:
     resolved = job.resolved
+    keys = ("id", "path", "tokenizer_sha256", "weights_sha256")
+    teachers = resolved.get("teachers") or [resolved["teacher"]]
     return {
         "job_id": job.id,
         "method": job.spec["method"]["loss"],
-        "teacher": {k: resolved["teacher"].get(k) for k in ("id", "path", "tokenizer_sha256")},
+        "data_mode": job.spec["method"]["data_mode"],
+        "teacher": {k: resolved["teacher"].get(k) for k in keys},
+        "teachers": [{k: t.get(k) for k in keys} for t in teachers],
         "student_init": resolved["student"].get("init") or resolved["student"].get("id"),
+        "lora": job.spec["student"].get("lora"),
         "datasets": {name: ds["sha256"] for name, ds in resolved["datasets"].items()},
     }

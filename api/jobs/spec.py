@@ -131,6 +131,19 @@ class DistillSpec(Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
     @model_validator(mode="after")
+    def _chunking(self) -> DistillSpec:
+        if self.training.kd_chunk_tokens and (
+            self.teachers is not None
+            or self.method.data_mode == "opd"
+            or self.method.teacher_cache not in ("auto", "off")
+        ):
+            raise ValueError(
+                "training.kd_chunk_tokens works with one live teacher: not with several "
+                "teachers, opd, or teacher_cache settings"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _teachers(self) -> DistillSpec:
         if (self.teacher is None) == (self.teachers is None):
             raise ValueError("give exactly one of teacher or teachers")

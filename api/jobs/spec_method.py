@@ -102,6 +102,15 @@ class MethodSpec(Strict):
                 "teacher_cache settings need data_mode 'offline' and loss "
                 f"{' or '.join(CACHEABLE_LOSSES)}: sparse cached targets only estimate that"
             )
+        if (
+            isinstance(self.teacher_cache, TeacherCacheSpec)
+            and self.teacher_cache.mode == "sampled"
+        ):
+            if self.params.get("temperature", 1.0) != 1.0:
+                raise ValueError(
+                    "a sampled teacher cache holds targets at temperature 1: drop "
+                    "params.temperature or use teacher_cache mode 'topk'"
+                )
         return self
 
     @property
