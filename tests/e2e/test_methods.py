@@ -86,3 +86,17 @@ def test_routed_teachers_by_dataset_field(embedded_stack, tiny_teacher, jsonl_fi
     job, _ = _run(api, spec)
     lineage = api.call("GET", f"/v1/models/{job['output_model_id']}")["lineage"]
     assert len(lineage["teachers"]) == len(TASKS)
+
+
+def test_opd_and_skd_jobs_record_their_signals(embedded_stack, tiny_teacher, jsonl_file):
+    _, api = embedded_stack
+    teacher, dataset = api.register(tiny_teacher), api.upload_dataset(jsonl_file)
+    spec = distill_spec(teacher, dataset, max_steps=2, checkpoint_every=0)
+    spec["method"] = {"loss": "rkl", "data_mode": "opd", "generation": {"max_new_tokens": 6}}
+    opd_job, _ = _run(api, spec)
+    assert len(api.metrics(opd_job["id"], "train/opd_reverse_kl")) == 2
+    spec["method"] = {"loss": "fkl", "data_mode": "skd", "skd_top_k": 5,
+                      "generation": {"max_new_tokens": 6}}  # fmt: skip
+    skd_job, _ = _run(api, spec)
+    rates = [m["value"] for m in api.metrics(skd_job["id"], "train/skd_acceptance")]
+    assert len(rates) == 2 and all(0.0 <= r <= 1.0 for r in rates)
