@@ -16,6 +16,22 @@ def worker_command(queues: str = "cpu,gpu") -> list[str]:
             "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
 
 
+def _die_with_parent() -> None:
+    """In the worker child, before exec: the kernel sends SIGTERM when `distill serve` dies,
+    however it dies (SIGKILL included), so no orphan worker keeps consuming jobs."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit the `finally`
+    # below still runs and stops the workers.
+    raise SystemExit(0)
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> int:
     import uvicorn
 
@@ -28,7 +44,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> int:
     creds = ensure_local_credentials(settings, f"http://{host}:{port}")
     print(f"distill: project {creds['project_id']}; key in {settings.home / 'credentials.json'}")
     print(f"distill: database {settings.resolved_database_url}")
-    procs = [subprocess.Popen(worker_command(), env=os.environ.copy()) for _ in range(workers)]
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    procs = [
+        subprocess.Popen(worker_command(), env=os.environ.copy(), preexec_fn=_die_with_parent)
+        for _ in range(workers)
+    ]
     try:
         uvicorn.run("api.app:app", host=host, port=port, log_level="warning")
     finally:

@@ -51,3 +51,21 @@ def test_distill_serve_runs_a_job_end_to_end(tmp_path, embedded_stack, tiny_teac
     (text,) = greedy_generate(student, tokenizer, ["### Instruction:\nx\n### Response:\n"],
                               max_new_tokens=4)  # fmt: skip
     assert isinstance(text, str)
+
+
+def test_stopping_distill_serve_stops_its_worker(embedded_stack):
+    """SIGTERM to `distill serve` alone (not its process group) ends the worker it started."""
+    import os
+    import signal
+
+    import psutil
+
+    stack, _ = embedded_stack
+    serve = stack.procs["serve"]
+    children = psutil.Process(serve.pid).children(recursive=True)
+    workers = [c for c in children if "celery" in " ".join(c.cmdline())]
+    assert len(workers) == 1
+    os.kill(serve.pid, signal.SIGTERM)
+    serve.wait(timeout=60)
+    gone, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, "the worker outlived `distill serve`"
