@@ -42,6 +42,35 @@ class Recorder:
         )
 
 
+def straight_run(config: RecipeConfig) -> Recorder:
+    """One uninterrupted run to the end."""
+    recorder = Recorder()
+    recipe = recorder.recipe(config)
+    recipe.setup()
+    recipe.train()
+    recipe.cleanup()
+    return recorder
+
+
+def interrupted_then_resumed(
+    make_config: Callable[..., RecipeConfig], checkpoint_dir: Path, stop_after: int, **common: Any
+) -> tuple[Recorder, Recorder]:
+    """A run stopped after ``stop_after`` steps (a checkpoint must be written there), then a
+    fresh recipe resumed from that checkpoint to the end: ``(stopped, resumed)`` recorders."""
+    stopped = Recorder(stop_after=stop_after)
+    first = stopped.recipe(make_config(checkpoint_dir=checkpoint_dir, **common))
+    first.setup()
+    assert first.train() == TrainOutcome(stopped=True, step=stop_after)
+    first.cleanup()
+    assert stopped.checkpoints[-1][0] == stop_after
+    resumed = Recorder()
+    second = resumed.recipe(make_config(checkpoint_dir=checkpoint_dir, **common))
+    second.setup(resume_from=stopped.checkpoints[-1][1])
+    second.train()
+    second.cleanup()
+    return stopped, resumed
+
+
 def test_resume_reproduces_the_uninterrupted_losses(
     make_config: Callable[..., RecipeConfig], tmp_path: Path
 ) -> None:

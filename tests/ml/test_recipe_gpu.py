@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml.distillation.recipe import RecipeConfig, TrainOutcome
-from tests.ml.test_recipe import Recorder
+from ml.distillation.recipe import RecipeConfig
+from tests.ml.test_recipe import Recorder, interrupted_then_resumed, straight_run
 
 pytestmark = [
     pytest.mark.gpu,
@@ -41,19 +41,8 @@ def test_cuda_resume_matches_the_uninterrupted_run(
     make_config: Callable[..., RecipeConfig], tmp_path: Path
 ) -> None:
     common = {"device": "cuda", "max_steps": 6, "checkpoint_every": 3}
-    straight = Recorder()
-    a = straight.recipe(make_config(checkpoint_dir=tmp_path / "a", **common))
-    a.setup()
-    a.train()
-    killed = Recorder(stop_after=3)
-    b = killed.recipe(make_config(checkpoint_dir=tmp_path / "b", **common))
-    b.setup()
-    assert b.train() == TrainOutcome(stopped=True, step=3)
-    b.cleanup()
-    resumed = Recorder()
-    c = resumed.recipe(make_config(checkpoint_dir=tmp_path / "b", **common))
-    c.setup(resume_from=killed.checkpoints[0][1])
-    c.train()
+    straight = straight_run(make_config(checkpoint_dir=tmp_path / "a", **common))
+    _, resumed = interrupted_then_resumed(make_config, tmp_path / "b", 3, **common)
     x = torch.tensor([straight.series("train/loss")[s] for s in (4, 5, 6)])
     y = torch.tensor([resumed.series("train/loss")[s] for s in (4, 5, 6)])
     # GPU kernels are not bit-deterministic run to run; bf16 differences stay small.

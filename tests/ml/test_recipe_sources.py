@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ml.data.examples import encode_example
-from ml.distillation.recipe import RecipeConfig, TrainOutcome
+from ml.distillation.recipe import RecipeConfig
 from ml.distillation.teacher_cache import (
     CaptureSettings,
     cache_fingerprint,
@@ -18,18 +18,9 @@ from ml.distillation.teacher_cache import (
     fingerprint_fields,
 )
 from ml.loading import load_causal_lm, load_tokenizer
-from tests.ml.test_recipe import Recorder
+from tests.ml.test_recipe import Recorder, interrupted_then_resumed, straight_run
 
 GEN = {"max_new_tokens": 6, "temperature": 1.0}
-
-
-def _run(config: RecipeConfig) -> Recorder:
-    recorder = Recorder()
-    recipe = recorder.recipe(config)
-    recipe.setup()
-    recipe.train()
-    recipe.cleanup()
-    return recorder
 
 
 def _losses(recorder: Recorder, key: str = "train/loss") -> torch.Tensor:
@@ -42,18 +33,10 @@ def test_onpolicy_steps_train_on_student_samples_and_resume_identically(
 ) -> None:
     common = {"data_mode": "onpolicy", "lmbda": 0.5, "generation": GEN, "max_steps": 4,
               "checkpoint_every": 2, "loss": "jsd"}  # fmt: skip
-    straight = _run(make_config(checkpoint_dir=tmp_path / "a", **common))
+    straight = straight_run(make_config(checkpoint_dir=tmp_path / "a", **common))
     flags = straight.series("train/onpolicy")
     assert set(flags.values()) <= {0.0, 1.0} and sorted(flags) == [1, 2, 3, 4]
-    killed = Recorder(stop_after=2)
-    first = killed.recipe(make_config(checkpoint_dir=tmp_path / "b", **common))
-    first.setup()
-    assert first.train() == TrainOutcome(stopped=True, step=2)
-    first.cleanup()
-    resumed = Recorder()
-    second = resumed.recipe(make_config(checkpoint_dir=tmp_path / "b", **common))
-    second.setup(resume_from=killed.checkpoints[0][1])
-    second.train()
+    _, resumed = interrupted_then_resumed(make_config, tmp_path / "b", 2, **common)
     a = torch.tensor([straight.series("train/loss")[s] for s in (3, 4)])
     b = torch.tensor([resumed.series("train/loss")[s] for s in (3, 4)])
     assert torch.allclose(a, b, rtol=1e-5), (a, b)
@@ -62,7 +45,7 @@ def test_onpolicy_steps_train_on_student_samples_and_resume_identically(
 def test_opd_records_a_nonnegative_reverse_kl_estimate(
     make_config: Callable[..., RecipeConfig],
 ) -> None:
-    recorder = _run(make_config(data_mode="opd", loss="rkl", generation=GEN, max_steps=3))
+    recorder = straight_run(make_config(data_mode="opd", loss="rkl", generation=GEN, max_steps=3))
     estimates = _losses(recorder, "train/opd_reverse_kl")
     assert len(estimates) == 3 and torch.isfinite(estimates).all()
     # a per-step Monte Carlo estimate of a KL: noisy, but its mean over steps is not negative
@@ -70,7 +53,7 @@ def test_opd_records_a_nonnegative_reverse_kl_estimate(
 
 
 def test_skd_reports_an_acceptance_rate(make_config: Callable[..., RecipeConfig]) -> None:
-    recorder = _run(make_config(data_mode="skd", skd_top_k=5, generation=GEN, max_steps=2))
+    recorder = straight_run(make_config(data_mode="skd", skd_top_k=5, generation=GEN, max_steps=2))
     rates = _losses(recorder, "train/skd_acceptance")
     assert len(rates) == 2 and bool(((rates >= 0) & (rates <= 1)).all())
 
@@ -78,12 +61,12 @@ def test_skd_reports_an_acceptance_rate(make_config: Callable[..., RecipeConfig]
 def test_two_identical_teachers_mixed_or_routed_equal_one(
     make_config: Callable[..., RecipeConfig], tiny_teacher_dir: Path
 ) -> None:
-    single = _run(make_config(max_steps=3, temperature=2.0))
-    mixed = _run(make_config(max_steps=3, temperature=2.0, extra_teacher_paths=[tiny_teacher_dir],
-                             teacher_weights=[0.3, 0.7]))  # fmt: skip
+    common = {"max_steps": 3, "temperature": 2.0}
+    single = straight_run(make_config(**common))
+    two = {"extra_teacher_paths": [tiny_teacher_dir], **common}
+    mixed = straight_run(make_config(teacher_weights=[0.3, 0.7], **two))
     n = len(make_config().train_records)
-    routed = _run(make_config(max_steps=3, temperature=2.0, extra_teacher_paths=[tiny_teacher_dir],
-                              train_routes=[i % 2 for i in range(n)]))  # fmt: skip
+    routed = straight_run(make_config(train_routes=[i % 2 for i in range(n)], **two))
     assert torch.allclose(_losses(single), _losses(mixed), rtol=1e-5)
     assert torch.allclose(_losses(single), _losses(routed), rtol=1e-5)
 
@@ -102,7 +85,7 @@ def test_full_width_cache_reproduces_the_live_teacher(
     capture_teacher_targets(load_causal_lm(tiny_teacher_dir), examples, tmp_path / "cache",
                             settings=settings, fingerprint=fingerprint,
                             fingerprint_fields=fields)  # fmt: skip
-    live = _run(config)
+    live = straight_run(config)
     cached_recorder = Recorder()
     recipe = cached_recorder.recipe(make_config(
         max_steps=3, temperature=1.0, alpha_ce=0.2, teacher_cache_dir=tmp_path / "cache",
@@ -131,14 +114,7 @@ def test_lora_student_trains_only_adapters_and_resumes(
     assert (tmp_path / "student" / "adapter" / "adapter_model.safetensors").exists()
     assert load_causal_lm(tmp_path / "student").config.num_hidden_layers == 1
 
-    killed = Recorder(stop_after=2)
-    first = killed.recipe(make_config(checkpoint_dir=tmp_path / "b", **common))
-    first.setup()
-    first.train()
-    resumed = Recorder()
-    second = resumed.recipe(make_config(checkpoint_dir=tmp_path / "b", **common))
-    second.setup(resume_from=killed.checkpoints[0][1])
-    second.train()
+    _, resumed = interrupted_then_resumed(make_config, tmp_path / "b", 2, **common)
     a = torch.tensor([recorder.series("train/loss")[s] for s in (3, 4)])
     b = torch.tensor([resumed.series("train/loss")[s] for s in (3, 4)])
     assert torch.allclose(a, b, rtol=1e-6)
