@@ -3,6 +3,7 @@ recipe's sinks pointed at the database. Everything torch-side lives in ``ml``.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -191,6 +192,7 @@ def _run(
         result: dict[str, Any] = dict(job.result or {})
         if resume_from is None:
             result["initial_student"] = recipe.evaluate("student")
+        result["run"] = run_record(job, config)
         recorder.set_fields(total_steps=recipe.total_steps, result=result)
         outcome = recipe.train()
         if outcome.stopped:
@@ -223,6 +225,33 @@ def _run(
             recipe.cleanup()  # flushes pending metrics: must not mask how the job ended
         except Exception:
             log.exception("cleanup of %s failed", job.id)
+
+
+def run_record(job: Job, config: RecipeConfig) -> dict[str, Any]:
+    """What the job ran on and with: enough to reproduce it or to explain a difference."""
+    import platform
+
+    import peft
+    import torch
+    import transformers
+
+    spec_json = json.dumps(job.spec, sort_keys=True).encode()
+    return {
+        "device": config.device,
+        "cuda": torch.cuda.get_device_name(0) if config.device.startswith("cuda") else None,
+        "seed": config.seed,
+        "effective_batch_size": config.batch_size * config.grad_accum,
+        "total_steps_planned": config.max_steps,
+        "spec_sha256": hashlib.sha256(spec_json).hexdigest(),
+        "datasets_sha256": {k: d["sha256"] for k, d in job.resolved["datasets"].items()},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
+        "platform": platform.platform(),
+    }
 
 
 def _lineage(job: Job) -> dict[str, Any]:

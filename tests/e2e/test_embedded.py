@@ -69,3 +69,24 @@ def test_stopping_distill_serve_stops_its_worker(embedded_stack):
     serve.wait(timeout=60)
     gone, alive = psutil.wait_procs(workers, timeout=60)
     assert not alive, "the worker outlived `distill serve`"
+
+
+def test_same_spec_and_seed_give_the_same_metrics(embedded_stack, tiny_teacher, jsonl_file):
+    """Reproducible on one machine: two jobs from one spec record identical losses, and each
+    records what it ran on."""
+    _, api = embedded_stack
+    spec = distill_spec(api.register(tiny_teacher), api.upload_dataset(jsonl_file), max_steps=5,
+                        checkpoint_every=0)  # fmt: skip
+    spec["method"]["teacher_cache"] = "off"
+    runs = []
+    for _ in range(2):
+        job_id = api.call("POST", "/v1/jobs", 201, json=spec)["id"]
+        job = api.wait_status(job_id, TERMINAL, timeout=300)
+        assert job["status"] == "succeeded"
+        runs.append((job, [m["value"] for m in api.metrics(job_id, "train/loss")]))
+    (first, losses_a), (second, losses_b) = runs
+    assert len(losses_a) == 5 and losses_a == losses_b
+    run = first["result"]["run"]
+    assert run["seed"] == 0 and run["effective_batch_size"] == 8 and run["device"] == "cpu"
+    assert run["versions"]["torch"].startswith("2.") and len(run["spec_sha256"]) == 64
+    assert run["spec_sha256"] == second["result"]["run"]["spec_sha256"]
