@@ -51,3 +51,17 @@ def jsonl_file(tmp_path: Path, instruction_records: list[dict]) -> Iterator[Path
     path = tmp_path / "train.jsonl"
     write_jsonl(instruction_records, path)
     yield path
+
+
+@pytest.fixture(scope="session")
+def tiny_other_vocab_student(model_root: Path) -> Path:
+    """A small model with a tokenizer of its own (vocab 300, trained on half the text): the
+    student of cross-vocabulary tests."""
+    from ml.data.demo_teacher import build_demo_teacher
+    from ml.data.instructions import generate_instruction_records
+
+    out = model_root / "tiny-other-vocab"
+    records = generate_instruction_records(300, seed=5)
+    build_demo_teacher(out, train_records=records, steps=20, seed=5, vocab_size=300,
+                       hidden_size=48, num_layers=1, log=lambda _: None)  # fmt: skip
+    return out

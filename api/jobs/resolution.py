@@ -14,6 +14,7 @@ from api.config import Settings
 from api.datasets import repository as datasets
 from api.errors import InvalidInput, field_error
 from api.jobs.spec import DistillSpec, ModelInitRef
+from api.jobs.spec_method import CROSS_VOCAB_LOSSES
 from api.registry import repository as registry
 from api.registry.inspection import inspect_or_reject
 from api.registry.paths import confine_model_dir
@@ -120,13 +121,20 @@ def _resolve_student(
         same_vocab = student["vocab_size"] == teacher["vocab_size"] and (
             student["tokenizer_sha256"] == teacher["tokenizer_sha256"]
         )
-        if not same_vocab and spec.method.loss != "ce":
+        if not same_vocab and spec.method.loss not in ("ce", *CROSS_VOCAB_LOSSES):
             raise field_error(
                 ["body", "student", "model"],
                 f"the student's tokenizer differs from the teacher's, and '{spec.method.loss}' "
-                "needs the same vocabulary (cross-vocabulary methods are not available yet)",
+                "needs the same vocabulary: use a cross-vocabulary loss "
+                f"({', '.join(CROSS_VOCAB_LOSSES)})",
             )
         return student
+    if spec.method.loss in CROSS_VOCAB_LOSSES:
+        raise field_error(
+            ["body", "student", "model"],
+            f"'{spec.method.loss}' needs a student model with its own tokenizer: a registered "
+            "model id or a path, not an init recipe",
+        )
     init = student_ref.init
     student = {"init": init.model_dump(exclude_none=True)}
     stride = init.stride

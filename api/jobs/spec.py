@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from api.jobs.spec_method import MethodSpec, Strict
+from api.jobs.spec_method import CROSS_VOCAB_LOSSES, MethodSpec, Strict
 
 LAYER_SHORTHANDS = {"every_layer": 1, "every_2nd": 2, "every_3rd": 3, "every_4th": 4}
 
@@ -132,14 +132,17 @@ class DistillSpec(Strict):
 
     @model_validator(mode="after")
     def _chunking(self) -> DistillSpec:
+        if self.method.loss in CROSS_VOCAB_LOSSES and self.teachers is not None:
+            raise ValueError(f"'{self.method.loss}' distils from one teacher")
         if self.training.kd_chunk_tokens and (
-            self.teachers is not None
+            self.method.loss in CROSS_VOCAB_LOSSES
+            or self.teachers is not None
             or self.method.data_mode == "opd"
             or self.method.teacher_cache not in ("auto", "off")
         ):
             raise ValueError(
-                "training.kd_chunk_tokens works with one live teacher: not with several "
-                "teachers, opd, or teacher_cache settings"
+                "training.kd_chunk_tokens works with one live same-vocabulary teacher: not "
+                "with several teachers, opd, teacher_cache settings or a cross-vocabulary loss"
             )
         return self
 

@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ml.distillation.losses import KD_METHODS, validate_loss_params
+from ml.distillation.recipe_config import CROSS_VOCAB_LOSSES
 
-CROSS_VOCAB_LOSSES = ("dskd", "uld", "mined")  # named in the design; not available yet
 DATA_MODES = ("offline", "seqkd", "onpolicy", "opd", "skd")
 COMMON_PARAMS = ("temperature", "alpha_ce")
 # Sparse cached targets carry only part of the teacher's distribution: forward KL (and CE
@@ -57,11 +57,9 @@ class MethodSpec(Strict):
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, value: str) -> str:
-        available = ", ".join(("ce", *KD_METHODS))
-        if value == "ce" or value in KD_METHODS:
+        if value == "ce" or value in KD_METHODS or value in CROSS_VOCAB_LOSSES:
             return value
-        if value in CROSS_VOCAB_LOSSES:
-            raise ValueError(f"'{value}' is not available yet; available: {available}")
+        available = ", ".join(("ce", *KD_METHODS, *CROSS_VOCAB_LOSSES))
         raise ValueError(f"unknown loss '{value}'; available: {available}")
 
     @field_validator("data_mode")
@@ -79,9 +77,11 @@ class MethodSpec(Strict):
         if "alpha_ce" in common and not 0 <= common["alpha_ce"] <= 1:
             raise ValueError("params.alpha_ce must be in [0, 1]")
         specific = {k: v for k, v in self.params.items() if k not in COMMON_PARAMS}
-        if self.loss == "ce" and specific:
-            raise ValueError(f"params: 'ce' takes no {', '.join(sorted(specific))}")
-        if self.loss != "ce":
+        if self.loss in ("ce", *CROSS_VOCAB_LOSSES) and specific:
+            raise ValueError(f"params: '{self.loss}' takes no {', '.join(sorted(specific))}")
+        if self.loss in CROSS_VOCAB_LOSSES and self.data_mode != "offline":
+            raise ValueError(f"'{self.loss}' distils offline: set data_mode to 'offline'")
+        if self.loss not in ("ce", *CROSS_VOCAB_LOSSES):
             try:
                 validate_loss_params(self.loss, specific)
             except ValueError as exc:

@@ -29,11 +29,18 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ml.crossvocab.dskd import DSKDProjector
+from ml.crossvocab.step import CrossVocabStep
 from ml.data.examples import IGNORE_INDEX, collate, encode_example
 from ml.distillation.checkpointing import read_checkpoint, write_checkpoint
 from ml.distillation.chunked import check_logits_from_hidden
 from ml.distillation.lora import LoraSettings, apply_lora, save_lora_student
-from ml.distillation.recipe_config import MetricPoint, RecipeConfig, TrainOutcome
+from ml.distillation.recipe_config import (
+    CROSS_VOCAB_LOSSES,
+    MetricPoint,
+    RecipeConfig,
+    TrainOutcome,
+)
 from ml.distillation.schedule import build_scheduler
 from ml.distillation.step_losses import MicroBatch, StepLosses
 from ml.distillation.student_init import build_student
@@ -78,6 +85,8 @@ class DistillRecipe:
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._taid: TaidSchedule | None = None
         self._signal = TeacherSignal([])
+        self._cross: CrossVocabStep | None = None  # set in setup() for dskd / uld / mined
+        self._examples: list[Any] = []
 
     # ----------------------------------------------------------------------------- setup
     def setup(self, resume_from: Path | None = None) -> None:
@@ -87,7 +96,11 @@ class DistillRecipe:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         # Tokenizer before models: a config-initialised student takes its vocabulary size.
-        source = cfg.teacher_path if cfg.teacher_path is not None else cfg.student_path
+        # Across vocabularies the student keeps its own tokenizer (and reads with it).
+        cross = cfg.loss in CROSS_VOCAB_LOSSES
+        source = (
+            cfg.teacher_path if cfg.teacher_path is not None and not cross else cfg.student_path
+        )
         self.tokenizer = load_tokenizer(source)  # type: ignore[arg-type]
         if cfg.teacher_path is not None:
             self.teacher = load_causal_lm(cfg.teacher_path, device=cfg.device)
@@ -108,17 +121,23 @@ class DistillRecipe:
         student.to(device=self.device, dtype=torch.float32)  # type: ignore[call-arg]
         student.train()
         self.student = student
-        self._check_vocabularies()
+        self._trainable: torch.nn.Module = student
+        if not cross:
+            self._check_vocabularies()
         if cfg.kd_chunk_tokens and self.teacher is not None:
             check_logits_from_hidden(student, name="student")
             check_logits_from_hidden(self.teacher, name="teacher")
         # Data before the optimizer: the schedule needs the number of steps.
-        self._examples = [
-            encode_example(self.tokenizer, p, r, cfg.max_length) for p, r in cfg.train_records
-        ]
+        if cross:
+            self._cross = self._build_cross_step(student)
+            self._examples = self._cross.encode(cfg.train_records, cfg.max_length)
+        else:
+            self._examples = [
+                encode_example(self.tokenizer, p, r, cfg.max_length) for p, r in cfg.train_records
+            ]
         # Teachers after the data: a cache is checked against exactly these examples.
         self._signal = self._build_teacher_signal()
-        self._losses = StepLosses(cfg, self._signal, self.tokenizer, self._autocast)
+        self._losses = StepLosses(cfg, self._signal, self.tokenizer, self._autocast, self._cross)
         self._micro_per_epoch = -(-len(self._examples) // cfg.batch_size)
         self._steps_per_epoch = -(-self._micro_per_epoch // cfg.grad_accum)
         self.total_steps = cfg.max_steps or self._steps_per_epoch * cfg.epochs
@@ -148,6 +167,28 @@ class DistillRecipe:
                 "device": str(self.device),
                 "start_step": self.step,
             },
+        )
+
+    def _build_cross_step(self, student: PreTrainedModel) -> CrossVocabStep:
+        """Cross-vocabulary KD: the teacher's tokenizer beside the student's, and for ``dskd`` the
+        projectors, trained with the student (one module, so they share optimizer and
+        checkpoints)."""
+        cfg = self.config
+        assert self.teacher is not None and cfg.teacher_path is not None
+        projector = None
+        if cfg.loss == "dskd":
+            projector = DSKDProjector(
+                student_dim=int(student.config.hidden_size),
+                teacher_dim=int(self.teacher.config.hidden_size),
+            ).to(self.device)
+            self._trainable = torch.nn.ModuleDict({"student": student, "projector": projector})
+        return CrossVocabStep(
+            cfg.loss,
+            student_tokenizer=self.tokenizer,  # type: ignore[arg-type]
+            teacher_tokenizer=load_tokenizer(cfg.teacher_path),
+            teacher=self.teacher,
+            projector=projector,
+            temperature=cfg.temperature,
         )
 
     def _build_teacher_signal(self) -> TeacherSignal:
@@ -180,8 +221,7 @@ class DistillRecipe:
 
     def _param_groups(self) -> list[dict[str, Any]]:
         # No weight decay on norms and biases (1-d tensors), as in most LM recipes.
-        assert self.student is not None
-        params = [p for p in self.student.parameters() if p.requires_grad]
+        params = [p for p in self._trainable.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         return [
@@ -203,7 +243,7 @@ class DistillRecipe:
 
     def _resume(self, path: Path) -> None:
         assert self.student is not None
-        state = read_checkpoint(path, model=self.student, optimizer=self.optimizer)
+        state = read_checkpoint(path, model=self._trainable, optimizer=self.optimizer)
         scheduler_state = dict(state["scheduler"])
         scheduler_state["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)
         self.scheduler.load_state_dict(scheduler_state)
@@ -251,7 +291,11 @@ class DistillRecipe:
         end = min(self._position + cfg.grad_accum, self._micro_per_epoch)
         for micro in range(self._position, end):
             indices = order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
-            yield collate([self._examples[i] for i in indices], pad_id), indices
+            examples = [self._examples[i] for i in indices]
+            if self._cross is not None:
+                yield self._cross.collate(examples, indices), indices
+            else:
+                yield collate(examples, pad_id), indices
         self._position = end
         if self._position >= self._micro_per_epoch:
             self._epoch, self._position = self._epoch + 1, 0
@@ -289,7 +333,7 @@ class DistillRecipe:
             opd_kl_total += opd_kl
             (total / denominator).backward()
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), max_norm))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._trainable.parameters(), max_norm))
         lr = float(self.scheduler.get_last_lr()[0])
         self.optimizer.step()
         self.scheduler.step()
@@ -328,13 +372,16 @@ class DistillRecipe:
         if which == "teacher" and self.teacher is None and self.config.teacher_path is not None:
             self.teacher = load_causal_lm(self.config.teacher_path, device=self.config.device)
         model = self.student if which == "student" else self.teacher
-        if model is None or self.tokenizer is None:
+        tokenizer = self.tokenizer
+        if which == "teacher" and self._cross is not None:
+            tokenizer = self._cross.teacher_tokenizer
+        if model is None or tokenizer is None:
             raise ValueError(f"no {which} model is loaded (call setup() first)")
         cfg = self.config
         with self._autocast():
             return evaluate_model(
                 model,
-                self.tokenizer,
+                tokenizer,
                 cfg.eval_records[: cfg.eval_max_examples],
                 max_length=cfg.max_length,
                 max_new_tokens=cfg.max_new_tokens,
@@ -362,7 +409,7 @@ class DistillRecipe:
         path = write_checkpoint(
             cfg.checkpoint_dir,
             self.step,
-            model=self.student,
+            model=self._trainable,
             optimizer=self.optimizer,
             trainer_state={
                 "step": self.step,

@@ -12,6 +12,11 @@ from ml.distillation.losses import KD_METHODS, validate_loss_params
 from ml.distillation.schedule import SCHEDULES
 
 DATA_MODES = ("offline", "onpolicy", "opd", "skd")
+CROSS_VOCAB_LOSSES = (
+    "dskd",
+    "uld",
+    "mined",
+)  # ml/crossvocab: teacher and student tokenizers differ
 
 
 @dataclass
@@ -79,9 +84,14 @@ class RecipeConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
-        if self.loss != "ce" and self.loss not in KD_METHODS:
-            raise ValueError(f"loss must be 'ce' or one of {KD_METHODS}, got {self.loss!r}")
-        validate_loss_params(self.loss, self.loss_params)
+        if self.loss in CROSS_VOCAB_LOSSES:
+            self._validate_cross_vocab()
+        elif self.loss != "ce" and self.loss not in KD_METHODS:
+            raise ValueError(
+                f"loss must be 'ce' or one of {KD_METHODS + CROSS_VOCAB_LOSSES}, got {self.loss!r}"
+            )
+        else:
+            validate_loss_params(self.loss, self.loss_params)
         if self.kd_chunk_tokens < 0:
             raise ValueError(f"kd_chunk_tokens must be >= 0, got {self.kd_chunk_tokens}")
         if self.loss != "ce" and self.teacher_path is None:
@@ -104,6 +114,16 @@ class RecipeConfig:
         if self.checkpoint_every and self.checkpoint_dir is None:
             raise ValueError("checkpoint_every needs a checkpoint_dir")
         self._validate_sources()
+
+    def _validate_cross_vocab(self) -> None:
+        if self.loss_params:
+            raise ValueError(f"loss {self.loss!r} takes no parameters")
+        if self.student_path is None:
+            raise ValueError(f"loss {self.loss!r} needs a student_path: its own tokenizer")
+        if self.data_mode != "offline" or self.extra_teacher_paths or self.teacher_cache_dir:
+            raise ValueError(f"loss {self.loss!r} works offline with one teacher run live")
+        if self.kd_chunk_tokens:
+            raise ValueError(f"loss {self.loss!r} does not take kd_chunk_tokens")
 
     def _validate_sources(self) -> None:
         if self.data_mode not in DATA_MODES:

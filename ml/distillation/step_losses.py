@@ -11,6 +11,7 @@ from typing import Any
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ml.crossvocab.step import CrossVocabStep
 from ml.data.examples import IGNORE_INDEX
 from ml.distillation.chunked import shifted_model_kd_ce_sums
 from ml.distillation.data_modes import (
@@ -39,7 +40,9 @@ class StepLosses:
         signal: TeacherSignal,
         tokenizer: PreTrainedTokenizerBase,
         autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+        cross: CrossVocabStep | None = None,
     ) -> None:
+        self.cross = cross
         self.config = config
         self.signal = signal
         self.tokenizer = tokenizer
@@ -97,6 +100,9 @@ class StepLosses:
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         labels = batch["labels"][:, 1:]
         mask = labels != IGNORE_INDEX
+        if self.cross is not None:
+            ce_sum, kd_sum = self.cross.sums(student, batch, kd_params)
+            return ce_sum, kd_sum, 0.0
         if cfg.kd_chunk_tokens and cfg.loss != "ce":
             # Chunked: no (batch, seq, vocab) logits; only hidden states and the lm heads.
             teacher = self.signal.primary

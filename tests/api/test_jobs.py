@@ -49,7 +49,8 @@ def test_create_get_and_resolve(api, auth, refs):
     "patch, loc, text",
     [
         ({"method": {"loss": "nope"}}, ["body", "method", "loss"], "unknown loss"),
-        ({"method": {"loss": "dskd"}}, ["body", "method", "loss"], "not available yet"),
+        ({"method": {"loss": "dskd"}}, ["body", "student", "model"], "its own tokenizer"),
+        ({"method": {"loss": "uld", "data_mode": "onpolicy"}}, ["body", "method"], "offline"),
         ({"method": {"params": {"alpha_ce": 2}}}, ["body", "method"], "alpha_ce"),
         ({"method": {"params": {"beta": 0.5}}}, ["body", "method"], "unknown parameter 'beta'"),
         ({"method": {"loss": "jsd", "params": {"beta": 1.5}}}, ["body", "method"], "'beta'"),
@@ -175,4 +176,19 @@ def test_routing_names_the_first_unroutable_dataset_line(api, auth, refs, instru
     assert problem["errors"][0]["loc"] == ["body", "routing", "field"]
     routed.append({"model": refs["teacher"], "route": tasks[-1]})
     spec = _spec(refs, teacher=None, teachers=routed, routing={"field": "task"})
+    assert api.client.post("/v1/jobs", headers=auth, json=spec).status_code == 201
+
+
+def test_a_student_with_another_tokenizer_needs_a_cross_vocab_loss(
+    api, auth, refs, tiny_other_vocab_student
+):
+    student = api.client.post(
+        "/v1/models", headers=auth, json={"path": str(tiny_other_vocab_student)}
+    ).json()["id"]
+    spec = _spec(refs, student={"model": student})
+    response = api.client.post("/v1/jobs", headers=auth, json=spec)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["body", "student", "model"]
+    assert "cross-vocabulary loss (dskd, uld, mined)" in response.json()["detail"]
+    spec["method"] = {"loss": "dskd", "params": {"alpha_ce": 0.5}}
     assert api.client.post("/v1/jobs", headers=auth, json=spec).status_code == 201

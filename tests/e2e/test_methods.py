@@ -100,3 +100,17 @@ def test_opd_and_skd_jobs_record_their_signals(embedded_stack, tiny_teacher, jso
     skd_job, _ = _run(api, spec)
     rates = [m["value"] for m in api.metrics(skd_job["id"], "train/skd_acceptance")]
     assert len(rates) == 2 and all(0.0 <= r <= 1.0 for r in rates)
+
+
+def test_dskd_across_vocabularies(embedded_stack, tiny_teacher, tiny_other_vocab_student,
+                                  jsonl_file):  # fmt: skip
+    _, api = embedded_stack
+    teacher, dataset = api.register(tiny_teacher), api.upload_dataset(jsonl_file)
+    student = api.register(tiny_other_vocab_student)
+    spec = distill_spec(teacher, dataset, max_steps=3, checkpoint_every=0)
+    spec["student"] = {"model": student}
+    spec["method"] = {"loss": "dskd", "params": {"alpha_ce": 0.5}}
+    job, _ = _run(api, spec)
+    model = api.call("GET", f"/v1/models/{job['output_model_id']}")
+    assert model["tokenizer_sha256"] != api.call("GET", f"/v1/models/{teacher}")["tokenizer_sha256"]
+    assert model["vocab_size"] == api.call("GET", f"/v1/models/{student}")["vocab_size"]
