@@ -16,7 +16,8 @@ from ml.crossvocab.mined import build_vocab_map, mined_loss, mined_pairs
 from ml.crossvocab.uld import uld_loss
 from ml.data.examples import IGNORE_INDEX
 from ml.distillation.losses import ce_loss
-from ml.distillation.recipe_config import CROSS_VOCAB_LOSSES
+from ml.distillation.recipe_config import CROSS_VOCAB_LOSSES, RecipeConfig
+from ml.loading import load_tokenizer
 
 
 class CrossVocabStep:
@@ -128,3 +129,32 @@ class CrossVocabStep:
             )
             kd_sum = out.loss_sum
         return ce_sum, kd_sum
+
+
+def build_cross_step(
+    config: RecipeConfig,
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    student_tokenizer: PreTrainedTokenizerBase,
+    device: torch.device,
+) -> tuple[CrossVocabStep, torch.nn.Module]:
+    """The step, and the module the optimizer and checkpoints hold: the student, or for
+    ``dskd`` the student with its projectors (trained together, saved together)."""
+    assert config.teacher_path is not None
+    projector = None
+    trainable: torch.nn.Module = student
+    if config.loss == "dskd":
+        projector = DSKDProjector(
+            student_dim=int(student.config.hidden_size),
+            teacher_dim=int(teacher.config.hidden_size),
+        ).to(device)
+        trainable = torch.nn.ModuleDict({"student": student, "projector": projector})
+    step = CrossVocabStep(
+        config.loss,
+        student_tokenizer=student_tokenizer,
+        teacher_tokenizer=load_tokenizer(config.teacher_path),
+        teacher=teacher,
+        projector=projector,
+        temperature=config.temperature,
+    )
+    return step, trainable

@@ -29,8 +29,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ml.crossvocab.dskd import DSKDProjector
-from ml.crossvocab.step import CrossVocabStep
+from ml.crossvocab.step import CrossVocabStep, build_cross_step
 from ml.data.examples import IGNORE_INDEX, collate, encode_example
 from ml.distillation.checkpointing import read_checkpoint, write_checkpoint
 from ml.distillation.chunked import check_logits_from_hidden
@@ -45,8 +44,7 @@ from ml.distillation.schedule import build_scheduler
 from ml.distillation.step_losses import MicroBatch, StepLosses
 from ml.distillation.student_init import build_student
 from ml.distillation.taid import TaidSchedule
-from ml.distillation.teacher_cache import TeacherCacheReader
-from ml.distillation.teacher_signal import TeacherSignal
+from ml.distillation.teacher_signal import TeacherSignal, build_teacher_signal
 from ml.evaluation.generation import evaluate_model
 from ml.loading import load_causal_lm, load_tokenizer, save_model
 
@@ -129,14 +127,19 @@ class DistillRecipe:
             check_logits_from_hidden(self.teacher, name="teacher")
         # Data before the optimizer: the schedule needs the number of steps.
         if cross:
-            self._cross = self._build_cross_step(student)
+            assert self.teacher is not None and cfg.teacher_path is not None
+            self._cross, self._trainable = build_cross_step(
+                cfg, student, self.teacher, self.tokenizer, self.device
+            )
             self._examples = self._cross.encode(cfg.train_records, cfg.max_length)
         else:
             self._examples = [
                 encode_example(self.tokenizer, p, r, cfg.max_length) for p, r in cfg.train_records
             ]
         # Teachers after the data: a cache is checked against exactly these examples.
-        self._signal = self._build_teacher_signal()
+        self._signal = build_teacher_signal(cfg, self.teacher, len(self._examples), self._event)
+        if self._signal.cache is not None:
+            self.teacher = None  # the cache replaces its forward pass; evaluation reloads it
         self._losses = StepLosses(cfg, self._signal, self.tokenizer, self._autocast, self._cross)
         self._micro_per_epoch = -(-len(self._examples) // cfg.batch_size)
         self._steps_per_epoch = -(-self._micro_per_epoch // cfg.grad_accum)
@@ -168,56 +171,6 @@ class DistillRecipe:
                 "start_step": self.step,
             },
         )
-
-    def _build_cross_step(self, student: PreTrainedModel) -> CrossVocabStep:
-        """Cross-vocabulary KD: the teacher's tokenizer beside the student's, and for ``dskd`` the
-        projectors, trained with the student (one module, so they share optimizer and
-        checkpoints)."""
-        cfg = self.config
-        assert self.teacher is not None and cfg.teacher_path is not None
-        projector = None
-        if cfg.loss == "dskd":
-            projector = DSKDProjector(
-                student_dim=int(student.config.hidden_size),
-                teacher_dim=int(self.teacher.config.hidden_size),
-            ).to(self.device)
-            self._trainable = torch.nn.ModuleDict({"student": student, "projector": projector})
-        return CrossVocabStep(
-            cfg.loss,
-            student_tokenizer=self.tokenizer,  # type: ignore[arg-type]
-            teacher_tokenizer=load_tokenizer(cfg.teacher_path),
-            teacher=self.teacher,
-            projector=projector,
-            temperature=cfg.temperature,
-        )
-
-    def _build_teacher_signal(self) -> TeacherSignal:
-        cfg = self.config
-        if cfg.loss == "ce":
-            return TeacherSignal([])
-        if cfg.teacher_cache_dir is not None:
-            assert cfg.teacher_cache_fingerprint is not None
-            reader = TeacherCacheReader.open(
-                cfg.teacher_cache_dir,
-                expected_fingerprint=cfg.teacher_cache_fingerprint,
-                expected_fields=cfg.teacher_cache_fields,
-            )
-            if reader.n_examples != len(self._examples):
-                raise ValueError(
-                    f"the teacher cache holds {reader.n_examples} examples, the run has "
-                    f"{len(self._examples)}"
-                )
-            # The cache replaces the teacher's forward pass: free it until evaluation.
-            self.teacher = None
-            self._event("info", "KD targets from the teacher cache", {"mode": reader.mode})
-            return TeacherSignal([], cache=reader)
-        assert self.teacher is not None
-        teachers = [self.teacher]
-        for path in cfg.extra_teacher_paths:
-            extra = load_causal_lm(path, device=cfg.device)
-            extra.requires_grad_(False)
-            teachers.append(extra)
-        return TeacherSignal(teachers, weights=cfg.teacher_weights, routes=cfg.train_routes)
 
     def _param_groups(self) -> list[dict[str, Any]]:
         # No weight decay on norms and biases (1-d tensors), as in most LM recipes.

@@ -4,14 +4,17 @@ earlier so the teacher does not run at all."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
 from ml.distillation.multi_teacher import mix_teacher_logits, route_teacher_logits
+from ml.distillation.recipe_config import RecipeConfig
 from ml.distillation.teacher_cache import TeacherCacheReader
+from ml.loading import load_causal_lm
 
 
 class TeacherSignal:
@@ -67,3 +70,35 @@ class TeacherSignal:
         if self.cache is not None:
             self.cache.close()
         self.teachers = []
+
+
+def build_teacher_signal(
+    config: RecipeConfig,
+    teacher: PreTrainedModel | None,
+    n_examples: int,
+    event: Callable[[str, str, dict[str, Any]], None],
+) -> TeacherSignal:
+    """The teacher signal a config asks for: none for ``ce``; a sparse cache opened against its
+    fingerprint (and checked to hold exactly ``n_examples``); or the live teacher(s)."""
+    if config.loss == "ce":
+        return TeacherSignal([])
+    if config.teacher_cache_dir is not None:
+        assert config.teacher_cache_fingerprint is not None
+        reader = TeacherCacheReader.open(
+            config.teacher_cache_dir,
+            expected_fingerprint=config.teacher_cache_fingerprint,
+            expected_fields=config.teacher_cache_fields,
+        )
+        if reader.n_examples != n_examples:
+            raise ValueError(
+                f"the teacher cache holds {reader.n_examples} examples, the run has {n_examples}"
+            )
+        event("info", "KD targets from the teacher cache", {"mode": reader.mode})
+        return TeacherSignal([], cache=reader)
+    assert teacher is not None
+    teachers = [teacher]
+    for path in config.extra_teacher_paths:
+        extra = load_causal_lm(path, device=config.device)
+        extra.requires_grad_(False)
+        teachers.append(extra)
+    return TeacherSignal(teachers, weights=config.teacher_weights, routes=config.train_routes)
