@@ -168,3 +168,14 @@ def _atkd_total(
         elif ratio < 1:
             total = total + lam / (1 - ratio) * dkd
     return temperature**2 * total
+
+
+def random_kd_inputs(seed: int, shape: tuple[int, int, int] = (2, 5, 7)) -> tuple[Tensor, ...]:
+    """Seeded ``(student_logits, teacher_logits, mask)``: logits ``(batch, seq, vocab)`` (the
+    teacher's sharper), mask ``(batch, seq)`` with about 70 % of tokens on, never all off."""
+    generator = torch.Generator().manual_seed(seed)
+    student = torch.randn(shape, generator=generator)
+    teacher = torch.randn(shape, generator=generator) * 2
+    mask = torch.rand(shape[:2], generator=generator) > 0.3
+    mask[0, 0] = True
+    return student, teacher, mask

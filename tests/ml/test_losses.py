@@ -7,15 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ml.distillation.losses import KD_METHODS, ce_loss, kd_loss
-
-
-def _logits(seed: int, shape: tuple[int, int, int] = (2, 5, 7)) -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(seed)
-    student = torch.randn(shape, generator=generator)
-    teacher = torch.randn(shape, generator=generator) * 2
-    mask = torch.rand(shape[:2], generator=generator) > 0.3
-    mask[0, 0] = True
-    return student, teacher, mask
+from tests.ml.kd_reference import random_kd_inputs
 
 
 def _reference_fkl(
@@ -42,7 +34,7 @@ def _reference_fkl(
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 0.5])
 def test_fkl_matches_an_independent_loop(temperature: float) -> None:
-    student, teacher, mask = _logits(0)
+    student, teacher, mask = random_kd_inputs(0)
     value = kd_loss(student, teacher, method="fkl", mask=mask, temperature=temperature)
     expected = _reference_fkl(student, teacher, mask, temperature)
     assert value.dtype == torch.float32
@@ -50,7 +42,7 @@ def test_fkl_matches_an_independent_loop(temperature: float) -> None:
 
 
 def test_fkl_matches_torch_distributions() -> None:
-    student, teacher, mask = _logits(1)
+    student, teacher, mask = random_kd_inputs(1)
     p = torch.distributions.Categorical(logits=teacher.double())
     q = torch.distributions.Categorical(logits=student.double())
     expected = torch.distributions.kl_divergence(p, q)[mask].mean()
@@ -59,7 +51,7 @@ def test_fkl_matches_torch_distributions() -> None:
 
 
 def test_fkl_equals_f_kl_div_with_its_reversed_argument_order() -> None:
-    student, teacher, _ = _logits(2)
+    student, teacher, _ = random_kd_inputs(2)
     mask = torch.ones(student.shape[:2], dtype=torch.bool)
     expected = F.kl_div(
         F.log_softmax(student, -1).reshape(-1, 7),
@@ -73,14 +65,14 @@ def test_fkl_equals_f_kl_div_with_its_reversed_argument_order() -> None:
 
 
 def test_identical_inputs_give_zero() -> None:
-    student, _, mask = _logits(3)
+    student, _, mask = random_kd_inputs(3)
     assert kd_loss(student, student.clone(), method="fkl", mask=mask).item() == pytest.approx(
         0.0, abs=1e-6
     )
 
 
 def test_temperature_scales_by_t_squared_on_the_softened_kl() -> None:
-    student, teacher, mask = _logits(4)
+    student, teacher, mask = random_kd_inputs(4)
     t = 3.0
     softened = kd_loss(student / t, teacher / t, method="fkl", mask=mask, temperature=1.0)
     assert kd_loss(student, teacher, method="fkl", mask=mask, temperature=t).item() == (
@@ -89,7 +81,7 @@ def test_temperature_scales_by_t_squared_on_the_softened_kl() -> None:
 
 
 def test_masked_positions_do_not_count() -> None:
-    student, teacher, mask = _logits(5)
+    student, teacher, mask = random_kd_inputs(5)
     changed = student.clone()
     changed[~mask] = torch.randn_like(changed[~mask]) * 10
     a = kd_loss(student, teacher, method="fkl", mask=mask)
@@ -98,7 +90,7 @@ def test_masked_positions_do_not_count() -> None:
 
 
 def test_all_masked_gives_zero_not_nan() -> None:
-    student, teacher, mask = _logits(6)
+    student, teacher, mask = random_kd_inputs(6)
     student.requires_grad_(True)
     none = torch.zeros_like(mask)
     for reduction in ("mean", "sum"):
@@ -111,7 +103,7 @@ def test_all_masked_gives_zero_not_nan() -> None:
 
 
 def test_fkl_gradient_matches_finite_differences() -> None:
-    student, teacher, mask = _logits(7, shape=(1, 3, 4))
+    student, teacher, mask = random_kd_inputs(7, shape=(1, 3, 4))
     student64 = student.double().requires_grad_(True)
 
     def function(x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +121,7 @@ def test_fkl_gradient_matches_finite_differences() -> None:
 
 
 def test_sum_over_micro_batches_equals_mean_over_the_whole_batch() -> None:
-    student, teacher, mask = _logits(8, shape=(4, 6, 9))
+    student, teacher, mask = random_kd_inputs(8, shape=(4, 6, 9))
     labels = torch.randint(0, 9, mask.shape, generator=torch.Generator().manual_seed(0))
     labels[~mask] = -100
     whole = student.clone().requires_grad_(True)
@@ -152,7 +144,7 @@ def test_sum_over_micro_batches_equals_mean_over_the_whole_batch() -> None:
 
 
 def test_ce_loss_matches_f_cross_entropy() -> None:
-    student, _, mask = _logits(9)
+    student, _, mask = random_kd_inputs(9)
     labels = torch.randint(0, 7, mask.shape, generator=torch.Generator().manual_seed(1))
     labels[~mask] = -100
     expected = F.cross_entropy(student.reshape(-1, 7), labels.reshape(-1), ignore_index=-100)
@@ -163,13 +155,13 @@ def test_ce_loss_matches_f_cross_entropy() -> None:
 
 
 def test_bf16_logits_are_computed_in_float32() -> None:
-    student, teacher, mask = _logits(10)
+    student, teacher, mask = random_kd_inputs(10)
     value = kd_loss(student.bfloat16(), teacher.bfloat16(), method="fkl", mask=mask)
     assert value.dtype == torch.float32
 
 
 def test_unknown_method_names_the_allowed_ones() -> None:
-    student, teacher, mask = _logits(11)
+    student, teacher, mask = random_kd_inputs(11)
     with pytest.raises(ValueError, match="fkl"):
         kd_loss(student, teacher, method="nope", mask=mask)
     assert "fkl" in KD_METHODS

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ml.distillation.losses import KD_METHODS, kd_loss
-from tests.ml.kd_reference import reference_loss
+from tests.ml.kd_reference import random_kd_inputs, reference_loss
 
 # (method, params): defaults and one non-default setting per parameterised method.
 CASES: list[tuple[str, dict[str, Any]]] = [
@@ -38,15 +38,6 @@ def _ids(case: tuple[str, dict[str, Any]]) -> str:
     return method + "".join(f"-{k}={v}" for k, v in params.items())
 
 
-def _inputs(seed: int, shape: tuple[int, int, int] = (2, 5, 7)) -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(seed)
-    student = torch.randn(shape, generator=generator)
-    teacher = torch.randn(shape, generator=generator) * 2
-    mask = torch.rand(shape[:2], generator=generator) > 0.3
-    mask[0, 0] = True
-    return student, teacher, mask
-
-
 def test_every_method_has_a_case() -> None:
     assert {method for method, _ in CASES} == set(KD_METHODS)
 
@@ -57,7 +48,7 @@ def test_value_matches_the_per_token_loop(
     case: tuple[str, dict[str, Any]], temperature: float
 ) -> None:
     method, params = case
-    student, teacher, mask = _inputs(0)
+    student, teacher, mask = random_kd_inputs(0)
     for reduction in ("mean", "sum"):
         value = kd_loss(
             student,
@@ -84,7 +75,7 @@ def test_value_matches_the_per_token_loop(
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_gradient_matches_the_per_token_loop(case: tuple[str, dict[str, Any]]) -> None:
     method, params = case
-    student, teacher, mask = _inputs(1, shape=(2, 3, 6))
+    student, teacher, mask = random_kd_inputs(1, shape=(2, 3, 6))
     x = student.clone().requires_grad_(True)
     value = kd_loss(x, teacher, method=method, mask=mask, temperature=1.5, **params)
     (grad,) = torch.autograd.grad(value, x)
@@ -96,7 +87,7 @@ def test_gradient_matches_the_per_token_loop(case: tuple[str, dict[str, Any]]) -
 
 
 def test_kl_methods_match_torch_distributions() -> None:
-    student, teacher, mask = _inputs(2)
+    student, teacher, mask = random_kd_inputs(2)
     p = torch.distributions.Categorical(logits=teacher.double() / 2)
     q = torch.distributions.Categorical(logits=student.double() / 2)
     kl = torch.distributions.kl_divergence

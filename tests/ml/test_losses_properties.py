@@ -8,17 +8,9 @@ import torch.nn.functional as F
 
 from ml.distillation.divergences import atkd_parts
 from ml.distillation.losses import KD_METHODS, kd_loss
+from tests.ml.kd_reference import random_kd_inputs
 
 PARAMS: dict[str, dict[str, float]] = {"taid": {"t": 0.6}, "atkd": {"k": 3}}
-
-
-def _inputs(seed: int, shape: tuple[int, int, int] = (2, 5, 7)) -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(seed)
-    student = torch.randn(shape, generator=generator)
-    teacher = torch.randn(shape, generator=generator) * 2
-    mask = torch.rand(shape[:2], generator=generator) > 0.3
-    mask[0, 0] = True
-    return student, teacher, mask
 
 
 def _loss(method: str, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
@@ -30,7 +22,7 @@ def _loss(method: str, student: torch.Tensor, teacher: torch.Tensor, mask: torch
 
 @pytest.mark.parametrize("method", KD_METHODS)
 def test_identical_inputs_give_zero_loss_and_gradient(method: str) -> None:
-    student, _, mask = _inputs(0)
+    student, _, mask = random_kd_inputs(0)
     x = student.clone().requires_grad_(True)
     value = _loss(method, x, student.clone(), mask, temperature=1.7)
     (grad,) = torch.autograd.grad(value, x)
@@ -40,7 +32,7 @@ def test_identical_inputs_give_zero_loss_and_gradient(method: str) -> None:
 
 @pytest.mark.parametrize("method", KD_METHODS)
 def test_all_masked_gives_zero_and_finite_gradients(method: str) -> None:
-    student, teacher, mask = _inputs(1)
+    student, teacher, mask = random_kd_inputs(1)
     none = torch.zeros_like(mask)
     for reduction in ("mean", "sum"):
         x = student.clone().requires_grad_(True)
@@ -52,7 +44,7 @@ def test_all_masked_gives_zero_and_finite_gradients(method: str) -> None:
 
 @pytest.mark.parametrize("method", KD_METHODS)
 def test_masked_positions_do_not_count(method: str) -> None:
-    student, teacher, mask = _inputs(2)
+    student, teacher, mask = random_kd_inputs(2)
     changed_s, changed_t = student.clone(), teacher.clone()
     changed_s[~mask] = torch.randn_like(changed_s[~mask]) * 10
     changed_t[~mask] = torch.randn_like(changed_t[~mask]) * 10
@@ -65,7 +57,7 @@ def test_masked_positions_do_not_count(method: str) -> None:
 def test_micro_batch_sums_over_total_tokens_equal_the_big_batch_mean(method: str) -> None:
     # atkd ranks its hard tokens within a call; with ratio = 1 every token is hard.
     extra = {"ratio": 1.0} if method == "atkd" else {}
-    student, teacher, mask = _inputs(3, shape=(4, 6, 9))
+    student, teacher, mask = random_kd_inputs(3, shape=(4, 6, 9))
     whole = student.clone().requires_grad_(True)
     _loss(method, whole, teacher, mask, **extra).backward()
     parts = student.clone().requires_grad_(True)
@@ -80,7 +72,7 @@ def test_micro_batch_sums_over_total_tokens_equal_the_big_batch_mean(method: str
 
 
 def test_jsd_endpoints_are_forward_and_reverse_kl_as_in_trl() -> None:
-    student, teacher, mask = _inputs(4)
+    student, teacher, mask = random_kd_inputs(4)
     for temperature in (1.0, 2.5):
         fkl = _loss("fkl", student, teacher, mask, temperature=temperature)
         rkl = _loss("rkl", student, teacher, mask, temperature=temperature)
@@ -92,7 +84,7 @@ def test_jsd_endpoints_are_forward_and_reverse_kl_as_in_trl() -> None:
 
 
 def test_fkl_and_rkl_equal_f_kl_div_with_reversed_arguments() -> None:
-    student, teacher, _ = _inputs(5)
+    student, teacher, _ = random_kd_inputs(5)
     mask = torch.ones(student.shape[:2], dtype=torch.bool)
     log_q = F.log_softmax(student, -1).reshape(-1, 7)
     log_p = F.log_softmax(teacher, -1).reshape(-1, 7)
@@ -104,7 +96,7 @@ def test_fkl_and_rkl_equal_f_kl_div_with_reversed_arguments() -> None:
 
 @pytest.mark.parametrize(("method", "params"), [("jsd", {"beta": 0.5}), ("tvd", {})])
 def test_symmetric_methods_are_symmetric(method: str, params: dict[str, float]) -> None:
-    student, teacher, mask = _inputs(6)
+    student, teacher, mask = random_kd_inputs(6)
     a = _loss(method, student, teacher, mask, **params)
     b = _loss(method, teacher, student, mask, **params)
     assert a.item() == pytest.approx(b.item(), rel=1e-5)
@@ -115,7 +107,7 @@ def test_symmetric_methods_are_symmetric(method: str, params: dict[str, float]) 
 
 
 def test_skew_limits() -> None:
-    student, teacher, mask = _inputs(7)
+    student, teacher, mask = random_kd_inputs(7)
     fkl = _loss("fkl", student, teacher, mask, temperature=2.0)
     rkl = _loss("rkl", student, teacher, mask, temperature=2.0)
     skl0 = _loss("skl", student, teacher, mask, alpha=0.0, temperature=2.0)
@@ -131,7 +123,7 @@ def test_skew_limits() -> None:
 
 
 def test_taid_endpoints() -> None:
-    student, teacher, mask = _inputs(8)
+    student, teacher, mask = random_kd_inputs(8)
     fkl = _loss("fkl", student, teacher, mask, temperature=1.5)
     assert _loss("taid", student, teacher, mask, t=1.0, temperature=1.5).item() == pytest.approx(
         fkl.item(), rel=1e-6
@@ -144,7 +136,7 @@ def test_taid_endpoints() -> None:
 
 
 def test_akl_is_a_convex_mix_of_fkl_and_rkl() -> None:
-    student, teacher, mask = _inputs(9)
+    student, teacher, mask = random_kd_inputs(9)
     ones = torch.ones_like(mask)
     for b in range(2):
         for s in range(5):
@@ -158,7 +150,7 @@ def test_akl_is_a_convex_mix_of_fkl_and_rkl() -> None:
 
 
 def test_atkd_parts_decompose_the_forward_kl() -> None:
-    student, teacher, _ = _inputs(10)
+    student, teacher, _ = random_kd_inputs(10)
     log_q, log_p = F.log_softmax(student, -1), F.log_softmax(teacher, -1)
     fkl = (log_p.exp() * (log_p - log_q)).sum(-1)
     for k in (1, 3, 6):
@@ -170,7 +162,7 @@ def test_atkd_parts_decompose_the_forward_kl() -> None:
 
 
 def test_atkd_selects_the_most_uncertain_tokens() -> None:
-    student, teacher, mask = _inputs(11)
+    student, teacher, mask = random_kd_inputs(11)
     # lam = 1: hard tokens contribute nothing; lam = 0: easy tokens contribute nothing.
     only_easy = _loss("atkd", student, teacher, mask, lam=1.0)
     only_hard = _loss("atkd", student, teacher, mask, lam=0.0)
@@ -181,6 +173,6 @@ def test_atkd_selects_the_most_uncertain_tokens() -> None:
 
 @pytest.mark.parametrize("method", KD_METHODS)
 def test_bf16_logits_are_computed_in_float32(method: str) -> None:
-    student, teacher, mask = _inputs(12)
+    student, teacher, mask = random_kd_inputs(12)
     value = _loss(method, student.bfloat16(), teacher.bfloat16(), mask)
     assert value.dtype == torch.float32 and torch.isfinite(value)
