@@ -102,9 +102,9 @@ def prepare_teacher_cache(
 ) -> CachePlan | None:
     """``requested`` None ("auto"): a ready cache for this teacher and these examples, if any.
     Settings given: the cache with exactly those capture settings, built now if missing."""
-    tokenizer = load_tokenizer(Path(teacher["path"]))
-    examples = [encode_example(tokenizer, p, r, max_length) for p, r in records]
-    examples_hash = hashlib.sha256(json.dumps(examples).encode()).hexdigest()
+    # The encoded examples are a function of (records, tokenizer, max_length), all three in the
+    # fingerprint: looking a cache up needs no tokenization, only building one does.
+    examples_hash = records_sha256(records)
     teacher_hash = teacher_sha(teacher)
     tokenizer_hash = teacher.get("tokenizer_sha256") or ""
 
@@ -137,6 +137,8 @@ def prepare_teacher_cache(
     if ref is None:
         event("warn", "another job is building this teacher cache; running the teacher", {})
         return None
+    tokenizer = load_tokenizer(Path(teacher["path"]))
+    examples = [encode_example(tokenizer, p, r, max_length) for p, r in records]
     _build(settings, ref, teacher, examples, capture, fields, device, event)
     return CachePlan(ref.path, fingerprint, fields)
 

@@ -98,6 +98,8 @@ class RecipeConfig:
             raise ValueError(f"loss {self.loss!r} needs a teacher_path")
         if self.student_path is None and not self.student_init:
             raise ValueError("give student_path or student_init")
+        if self.teacher_path is None and self.student_path is None:
+            raise ValueError("a tokenizer comes from teacher_path or student_path: give one")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not 0.0 <= self.alpha_ce <= 1.0:

@@ -119,3 +119,9 @@ def test_recipe_config_checks_loss_params(make_config: Callable[..., RecipeConfi
     c = make_config(loss="jsd", loss_params={"beta": 0.3}, kd_chunk_tokens=64)
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == c.fingerprint()  # chunking changes memory, not the trajectory
+
+
+def test_a_config_with_no_tokenizer_source_is_refused(make_config) -> None:
+    config = make_config(loss="ce", teacher_path=None, student_init={"config": {"hidden_size": 32}})
+    with pytest.raises(ValueError, match="a tokenizer comes from"):
+        config.validate()
