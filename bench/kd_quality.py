@@ -390,6 +390,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--student-init", choices=("random", "copy"), default="random")
     parser.add_argument("--student-records", type=int, default=None)
+    parser.add_argument(
+        "--alpha-ce", type=float, default=None, help="CE mix weight for every KD method (default 0)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--quick", action="store_true", help="ce vs fkl, seed 0, 100 steps; nothing written"
@@ -410,6 +413,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = replace(settings, steps=args.steps)
     if args.student_records is not None:
         settings = replace(settings, student_records=args.student_records)
+    if args.alpha_ce is not None:
+        settings = replace(settings, alpha_ce=args.alpha_ce)
     results = run_bench(settings, methods=methods, seeds=seeds)
     results["command"] = "python -m bench.kd_quality " + " ".join(
         sys.argv[1:] if argv is None else argv
