@@ -310,15 +310,13 @@ def markdown_table(summary: dict[str, Any], teacher: dict[str, Any]) -> str:
             f"| untrained student | {_pm(u['exact_match'])} | {_pm(u['rouge_l'])} "
             f"| {_pm(u['loss'])} | | | | |"
         )
-    for method in METHODS:
-        if method not in summary:
-            continue
+    for method in [m for m in summary if m != "untrained student"]:  # in run order, ce first
         s = summary[method]
         em_cmp, rl_cmp = s.get("exact_match_vs_ce"), s.get("rouge_l_vs_ce")
         em_delta = _delta(em_cmp) if em_cmp else ""
         rl_delta = _delta(rl_cmp) if rl_cmp else ""
         verdict = em_cmp["verdict"] if em_cmp else "(baseline)"
-        params = METHOD_PARAMS[method]
+        params = METHOD_PARAMS.get(method, {})
         name = method + (f" ({_params(params)})" if params else "")
         lines.append(
             f"| {name} | {_pm(s['exact_match'])} | {_pm(s['rouge_l'])} | {_pm(s['loss'])} "

@@ -17,7 +17,6 @@ from ml.crossvocab.uld import uld_loss
 from ml.data.examples import IGNORE_INDEX
 from ml.distillation.losses import ce_loss
 from ml.distillation.recipe_config import CROSS_VOCAB_LOSSES, RecipeConfig
-from ml.loading import load_tokenizer
 
 
 class CrossVocabStep:
@@ -136,6 +135,7 @@ def build_cross_step(
     student: PreTrainedModel,
     teacher: PreTrainedModel,
     student_tokenizer: PreTrainedTokenizerBase,
+    teacher_tokenizer: PreTrainedTokenizerBase,
     device: torch.device,
 ) -> tuple[CrossVocabStep, torch.nn.Module]:
     """The step, and the module the optimizer and checkpoints hold: the student, or for
@@ -152,7 +152,7 @@ def build_cross_step(
     step = CrossVocabStep(
         config.loss,
         student_tokenizer=student_tokenizer,
-        teacher_tokenizer=load_tokenizer(config.teacher_path),
+        teacher_tokenizer=teacher_tokenizer,
         teacher=teacher,
         projector=projector,
         temperature=config.temperature,

@@ -96,10 +96,14 @@ class DistillRecipe:
         # Tokenizer before models: a config-initialised student takes its vocabulary size.
         # Across vocabularies the student keeps its own tokenizer (and reads with it).
         cross = cfg.loss in CROSS_VOCAB_LOSSES
-        source = (
-            cfg.teacher_path if cfg.teacher_path is not None and not cross else cfg.student_path
-        )
+        # A student model keeps its own tokenizer where no same-vocabulary KD ties it to the
+        # teacher's (ce, cross-vocabulary losses); the teacher is then evaluated with its own.
+        own = cfg.student_path is not None and (cross or cfg.loss == "ce")
+        source = cfg.student_path if own or cfg.teacher_path is None else cfg.teacher_path
         self.tokenizer = load_tokenizer(source)  # type: ignore[arg-type]
+        self._teacher_tokenizer = self.tokenizer
+        if own and cfg.teacher_path is not None:
+            self._teacher_tokenizer = load_tokenizer(cfg.teacher_path)
         if cfg.teacher_path is not None:
             self.teacher = load_causal_lm(cfg.teacher_path, device=cfg.device)
             self.teacher.requires_grad_(False)
@@ -120,7 +124,7 @@ class DistillRecipe:
         student.train()
         self.student = student
         self._trainable: torch.nn.Module = student
-        if not cross:
+        if not own:
             self._check_vocabularies()
         if cfg.kd_chunk_tokens and self.teacher is not None:
             check_logits_from_hidden(student, name="student")
@@ -129,7 +133,7 @@ class DistillRecipe:
         if cross:
             assert self.teacher is not None and cfg.teacher_path is not None
             self._cross, self._trainable = build_cross_step(
-                cfg, student, self.teacher, self.tokenizer, self.device
+                cfg, student, self.teacher, self.tokenizer, self._teacher_tokenizer, self.device
             )
             self._examples = self._cross.encode(cfg.train_records, cfg.max_length)
         else:
@@ -325,9 +329,7 @@ class DistillRecipe:
         if which == "teacher" and self.teacher is None and self.config.teacher_path is not None:
             self.teacher = load_causal_lm(self.config.teacher_path, device=self.config.device)
         model = self.student if which == "student" else self.teacher
-        tokenizer = self.tokenizer
-        if which == "teacher" and self._cross is not None:
-            tokenizer = self._cross.teacher_tokenizer
+        tokenizer = self.tokenizer if which == "student" else self._teacher_tokenizer
         if model is None or tokenizer is None:
             raise ValueError(f"no {which} model is loaded (call setup() first)")
         cfg = self.config

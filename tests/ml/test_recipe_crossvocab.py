@@ -62,3 +62,17 @@ def test_dskd_projectors_are_checkpointed_and_resume(
 def test_cross_vocab_loss_needs_the_students_own_model(make_config) -> None:
     with pytest.raises(ValueError, match="needs a student_path"):
         make_config(loss="uld").validate()
+
+
+def test_ce_fine_tunes_a_student_of_another_tokenizer(
+    cross_config: Callable[..., RecipeConfig], tiny_teacher_dir: Path
+) -> None:
+    """Plain fine-tuning needs no shared vocabulary: the student reads with its own tokenizer
+    and the teacher, evaluated for comparison, with its own."""
+    recorder = Recorder()
+    recipe = recorder.recipe(cross_config(loss="ce", alpha_ce=0.0, max_steps=3))
+    recipe.setup()
+    assert len(recipe.tokenizer) != len(load_tokenizer(tiny_teacher_dir))
+    outcome = recipe.train()
+    assert outcome.eval["examples"] > 0
+    assert recipe.evaluate("teacher")["examples"] == outcome.eval["examples"]
