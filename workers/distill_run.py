@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy import select
 
 from api.config import Settings
-from api.jobs.spec_method import CACHEABLE_LOSSES
 from api.registry.service import register_job_output
 from ml.data.formatting import to_prompt_response
 from ml.distillation.recipe import DistillRecipe, RecipeConfig
+from ml.distillation.recipe_config import teacher_cache_fits
 from models import Job, new_id
 from models.session import session_scope
 from workers.runtime import JobRecorder, LeaseKeeper, LeaseLost, job_dir
@@ -80,7 +80,9 @@ def build_config(job: Job, settings: Settings, device: str, event: EventSink) ->
         data_mode = "offline"
     cache = None
     temperature = float(params.get("temperature", 1.0))
-    if _cache_applies(method, data_mode, len(teachers), training["kd_chunk_tokens"]):
+    if method["teacher_cache"] != "off" and teacher_cache_fits(
+        method["loss"], data_mode, len(teachers), training["kd_chunk_tokens"]
+    ):
         requested = None if method["teacher_cache"] == "auto" else method["teacher_cache"]
         cache = prepare_teacher_cache(
             settings, job_id=job.id, teacher=teacher, records=train,
@@ -134,17 +136,6 @@ def build_config(job: Job, settings: Settings, device: str, event: EventSink) ->
         max_new_tokens=spec["evaluation"]["max_new_tokens"],
         device=device,
         checkpoint_dir=job_dir(settings, job.id) / "checkpoints",
-    )
-
-
-def _cache_applies(method: dict[str, Any], data_mode: str, n_teachers: int, chunk: int) -> bool:
-    """Sparse cached targets stand in for one teacher's full distribution under forward KL."""
-    return (
-        method["teacher_cache"] != "off"
-        and method["loss"] in CACHEABLE_LOSSES
-        and data_mode == "offline"
-        and n_teachers == 1
-        and not chunk
     )
 
 

@@ -9,13 +9,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ml.distillation.losses import KD_METHODS, validate_loss_params
-from ml.distillation.recipe_config import CROSS_VOCAB_LOSSES
+from ml.distillation.recipe_config import CACHEABLE_LOSSES, CROSS_VOCAB_LOSSES
 
 DATA_MODES = ("offline", "seqkd", "onpolicy", "opd", "skd")
 COMMON_PARAMS = ("temperature", "alpha_ce")
-# Sparse cached targets carry only part of the teacher's distribution: forward KL (and CE
-# mixed in) is what they estimate; other divergences need the whole distribution.
-CACHEABLE_LOSSES = ("fkl",)
 
 
 class Strict(BaseModel):

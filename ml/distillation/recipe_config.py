@@ -12,11 +12,21 @@ from ml.distillation.losses import KD_METHODS, validate_loss_params
 from ml.distillation.schedule import SCHEDULES
 
 DATA_MODES = ("offline", "onpolicy", "opd", "skd")
-CROSS_VOCAB_LOSSES = (
-    "dskd",
-    "uld",
-    "mined",
-)  # ml/crossvocab: teacher and student tokenizers differ
+# ml/crossvocab: the teacher's and the student's tokenizers differ.
+CROSS_VOCAB_LOSSES = ("dskd", "uld", "mined")
+# Sparse cached targets carry only part of the teacher's distribution: forward KL (with CE mixed
+# in) is what they estimate; other divergences need the whole distribution.
+CACHEABLE_LOSSES = ("fkl",)
+
+
+def teacher_cache_fits(loss: str, data_mode: str, n_teachers: int, kd_chunk_tokens: int) -> bool:
+    """Whether sparse cached targets can stand in for the teacher of such a run."""
+    return (
+        loss in CACHEABLE_LOSSES
+        and data_mode == "offline"
+        and n_teachers == 1
+        and not kd_chunk_tokens
+    )
 
 
 @dataclass
@@ -146,7 +156,7 @@ class RecipeConfig:
             if any(not 0 <= r < n_teachers for r in self.train_routes):
                 raise ValueError("train_routes names a teacher that does not exist")
         cached = self.teacher_cache_dir is not None
-        if cached and (self.teacher_cache_fingerprint is None or self.loss != "fkl"):
+        if cached and (self.teacher_cache_fingerprint is None or self.loss not in CACHEABLE_LOSSES):
             raise ValueError("a teacher cache needs its fingerprint and loss 'fkl'")
         if (several or cached) and self.data_mode != "offline":
             raise ValueError("several teachers or a teacher cache work with data_mode 'offline'")
