@@ -1,6 +1,8 @@
 """Job runtime on the worker side: claim, lease and heartbeat, status transitions, and the
 sinks (metrics, events, checkpoints) that the pure-torch recipe calls. Each write is its own
-short committed unit of work; each one checks that this worker still holds the lease."""
+short committed unit of work; each one checks that this worker still holds the lease, and is
+retried whole when the database connection breaks (``workers.db_retry``), so every write here is
+idempotent: a retry after a commit whose reply was lost changes nothing."""
 
 from __future__ import annotations
 
@@ -11,19 +13,23 @@ import shutil
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Insert, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from api.config import Settings
 from models import Checkpoint, Job, JobEvent, Metric, new_id, utcnow
 from models.session import rows_updated, session_scope
+from workers.db_retry import run_unit
 
 log = logging.getLogger(__name__)
 KEEP_CHECKPOINTS = 3
+T = TypeVar("T")
 
 
 class LeaseLost(RuntimeError):
@@ -50,10 +56,14 @@ def claim_job(settings: Settings, job_id: str, worker_id: str) -> bool:
     """One atomic UPDATE: only a ``queued`` job is taken, so a redelivered message for a job
     that a live worker holds (``running``) is dropped. Expired leases go back to ``queued``
     through the sweeper, which also counts them."""
-    now = utcnow()
-    with session_scope(settings.resolved_database_url) as session:
-        if session.get(Job, job_id) is None:
+
+    def claim(session: Session, attempt: int) -> bool:
+        now = utcnow()
+        job = session.get(Job, job_id)
+        if job is None:
             raise JobGone(job_id)
+        if attempt and job.lease_owner == worker_id and job.status == "running":
+            return True  # an earlier attempt committed the claim before its connection broke
         claimed = rows_updated(
             session,
             update(Job)
@@ -69,13 +79,14 @@ def claim_job(settings: Settings, job_id: str, worker_id: str) -> bool:
         )
         if claimed != 1:
             return False
-        job = session.get(Job, job_id)
-        assert job is not None
         session.refresh(job)
         if job.started_at is None:
             job.started_at = now
         add_event(session, job_id, "info", f"claimed by {worker_id} (attempt {job.attempts})")
         return True
+
+    url = settings.resolved_database_url
+    return run_unit(url, claim, deadline_seconds=settings.db_retry_seconds, what="claim")
 
 
 class LeaseKeeper(threading.Thread):
@@ -132,37 +143,50 @@ def _hold_lease(session: Session, job_id: str, worker_id: str, **values: Any) ->
 
 
 class JobRecorder:
-    """The callables handed to ``ml``: metrics in batches, events, checkpoints."""
+    """The callables handed to ``ml``: metrics in batches, events, checkpoints. Each call is one
+    unit of work, retried whole while the database is unreachable (``db_retry_seconds``)."""
 
     def __init__(self, settings: Settings, job_id: str, worker_id: str) -> None:
         self.settings, self.job_id, self.worker_id = settings, job_id, worker_id
         self.url = settings.resolved_database_url
 
+    def _unit(self, work: Callable[[Session, int], T], what: str) -> T:
+        return run_unit(self.url, work, deadline_seconds=self.settings.db_retry_seconds,
+                        what=f"{what} of {self.job_id}")  # fmt: skip
+
     def metrics(self, points: list[Any]) -> None:
         if not points:
             return
         steps = [p.step for p in points if p.key.startswith("train/")]
-        with session_scope(self.url) as session:
-            values: dict[str, Any] = {"progress_step": max(steps)} if steps else {}
+        values: dict[str, Any] = {"progress_step": max(steps)} if steps else {}
+
+        def write(session: Session, _attempt: int) -> None:
             _hold_lease(session, self.job_id, self.worker_id, **values)
             now = utcnow()
-            session.add_all(
-                Metric(job_id=self.job_id, key=p.key, step=p.step, value=float(p.value),
-                       created_at=now)
-                for p in points
-            )  # fmt: skip
+            rows = [{"job_id": self.job_id, "key": p.key, "step": p.step,
+                     "value": float(p.value), "created_at": now} for p in points]  # fmt: skip
+            session.execute(_insert_or_ignore_metrics(session), rows)
+
+        self._unit(write, "metrics")
 
     def event(self, level: str, message: str, data: dict[str, Any]) -> None:
-        with session_scope(self.url) as session:
-            add_event(session, self.job_id, level, message, **_jsonable(data))
+        # Not deduplicated: a retry after a commit whose reply was lost could repeat an event
+        # (events explain; they are never counted like metrics).
+        payload = _jsonable(data)
+        self._unit(
+            lambda session, _: add_event(session, self.job_id, level, message, **payload), "event"
+        )
 
     def set_fields(self, **values: Any) -> None:
-        with session_scope(self.url) as session:
-            _hold_lease(session, self.job_id, self.worker_id, **values)
+        self._unit(
+            lambda session, _: _hold_lease(session, self.job_id, self.worker_id, **values),
+            "set_fields",
+        )
 
     def checkpoint(self, step: int, path: Path) -> None:
-        digest, size = _hash_tree(path)
-        with session_scope(self.url) as session:
+        digest, size = hash_tree(path)
+
+        def record(session: Session, _attempt: int) -> list[Checkpoint]:
             _hold_lease(session, self.job_id, self.worker_id)
             session.execute(
                 delete(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.step == step)
@@ -181,13 +205,17 @@ class JobRecorder:
             )
             for row in old:
                 session.delete(row)
+            return old
+
+        old = self._unit(record, "checkpoint")
         for row in old:  # files go only after the rows that name them are gone
             shutil.rmtree(row.path, ignore_errors=True)
 
     def resume_point(self) -> Path | None:
         """The newest intact checkpoint. Metrics and checkpoints after it are dropped: the
         resumed run records those steps again, so no step is ever recorded twice."""
-        with session_scope(self.url) as session:
+
+        def choose(session: Session, _attempt: int) -> Path | None:
             rows = list(
                 session.scalars(
                     select(Checkpoint)
@@ -198,7 +226,7 @@ class JobRecorder:
             chosen: Checkpoint | None = None
             for row in rows:
                 path = Path(row.path)
-                if path.is_dir() and _hash_tree(path)[0] == row.sha256:
+                if path.is_dir() and hash_tree(path)[0] == row.sha256:
                     chosen = row
                     break
                 add_event(session, self.job_id, "warn",
@@ -211,21 +239,31 @@ class JobRecorder:
             )
             return Path(chosen.path) if chosen else None
 
+        return self._unit(choose, "resume_point")
+
     def finish(self, status: str, **values: Any) -> None:
-        with session_scope(self.url) as session:
-            _hold_lease(
-                session,
-                self.job_id,
-                self.worker_id,
-                status=status,
-                finished_at=utcnow(),
-                lease_owner=None,
-                lease_expires_at=None,
-                **values,
-            )
+        def write(session: Session, attempt: int) -> None:
+            try:
+                _hold_lease(session, self.job_id, self.worker_id, status=status,
+                            finished_at=utcnow(), lease_owner=None, lease_expires_at=None,
+                            **values)  # fmt: skip
+            except LeaseLost:
+                job = session.get(Job, self.job_id)
+                if not (attempt and job is not None and job.status == status):
+                    raise  # not "an earlier attempt already finished it": the lease is gone
+
+        self._unit(write, "finish")
 
 
-def _hash_tree(path: Path) -> tuple[str, int]:
+def _insert_or_ignore_metrics(session: Session) -> Insert:
+    """INSERT ... ON CONFLICT (job_id, key, step) DO NOTHING in either dialect: a retried batch
+    whose first attempt committed adds nothing the second time."""
+    dialect = session.get_bind().dialect.name
+    build = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return build(Metric).on_conflict_do_nothing(index_elements=["job_id", "key", "step"])
+
+
+def hash_tree(path: Path) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(str(file.relative_to(path)).encode())

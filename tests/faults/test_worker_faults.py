@@ -1,4 +1,5 @@
-"""The real stack: PostgreSQL, Redis, a uvicorn API and separate `celery worker` processes."""
+"""Worker faults on the real stack (PostgreSQL, Redis, a uvicorn API, separate `celery worker`
+processes): a worker SIGKILLed mid-job, the same message delivered twice."""
 
 from __future__ import annotations
 
@@ -7,35 +8,11 @@ from collections import Counter
 import pytest
 from celery import Celery
 
-from tests.e2e.conftest import TERMINAL, Api, distill_spec
-from tests.support.servers import fresh_postgres_database, fresh_redis_url, require_real_stack
-from tests.support.stack import Stack, stack_env, wait_until
+from tests.support.api_client import TERMINAL, distill_spec
+from tests.support.stack import wait_until
 from workers.celery_app import DISTILL_TASK
 
 pytestmark = pytest.mark.realstack
-
-
-@pytest.fixture
-def real_stack(tmp_path, model_root, stack_logs):
-    require_real_stack()
-    with fresh_postgres_database() as database_url:
-        broker_url = fresh_redis_url()
-        env = stack_env(
-            tmp_path / "home", model_root, DATABASE_URL=database_url, BROKER_URL=broker_url
-        )
-        logs = tmp_path / "logs"
-        logs.mkdir()
-        stack = Stack(env=env, log_dir=logs)
-        stack_logs.append(stack)
-        from api.config import Settings
-        from api.migrate import upgrade
-        from api.projects.admin import create_project_cli
-
-        upgrade(database_url)
-        made = create_project_cli("e2e", Settings(DATABASE_URL=database_url))
-        stack.start_api()
-        yield stack, Api(stack.url, made["api_key"]), broker_url
-        stack.stop()
 
 
 def test_worker_killed_mid_job_resumes_from_checkpoint(real_stack, tiny_teacher, jsonl_file):

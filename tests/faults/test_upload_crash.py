@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from tests.e2e.conftest import Api
+from tests.support.api_client import Api
 from tests.support.stack import Stack, stack_env, wait_until
 
 
