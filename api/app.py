@@ -8,6 +8,7 @@ from api.body_limit import BodySizeLimit
 from api.config import get_settings
 from api.datasets.routes import router as datasets_router
 from api.errors import install_error_handlers
+from api.idempotency.deps import install_replay_handler
 from api.jobs.routes import router as jobs_router
 from api.projects.routes import router as projects_router
 from api.registry.routes import router as models_router
@@ -23,6 +24,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
+    install_replay_handler(app)
     v1 = APIRouter(prefix="/v1")
 
     @v1.get("/healthz", tags=["health"])

@@ -43,6 +43,20 @@ class Settings(BaseSettings):
     requeue_after_seconds: float = 120.0
     # Redis visibility timeout: above the longest job, so Redis never redelivers a live one.
     visibility_timeout_seconds: int = 7 * 24 * 3600
+    # Idempotency-Key: how long a key and its first response are kept.
+    idempotency_ttl_hours: float = 24.0
+    # Server-Sent Events (GET /v1/jobs/{id}/stream): database poll and keep-alive comment.
+    sse_poll_seconds: float = 0.5
+    sse_heartbeat_seconds: float = 15.0
+    # Webhooks: targets on loopback/private/link-local/multicast/metadata addresses are refused
+    # unless their host name or address is listed here (comma-separated).
+    webhook_allowed_hosts: str = ""
+    webhook_allowed_cidrs: str = ""
+    webhook_max_attempts: int = 8
+    webhook_backoff_seconds: float = 5.0  # first retry; doubles each attempt
+    webhook_backoff_max_seconds: float = 3600.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_poll_seconds: float = 1.0
 
     @field_validator("home", mode="after")
     @classmethod

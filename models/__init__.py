@@ -5,12 +5,16 @@ from models.tables import (
     ApiKey,
     Checkpoint,
     Dataset,
+    IdempotencyKey,
     Job,
     JobEvent,
     Metric,
     Model,
     Project,
     TeacherArtifact,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 
 __all__ = [
@@ -18,12 +22,16 @@ __all__ = [
     "Base",
     "Checkpoint",
     "Dataset",
+    "IdempotencyKey",
     "Job",
     "JobEvent",
     "Metric",
     "Model",
     "Project",
     "TeacherArtifact",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "new_id",
     "utcnow",
 ]

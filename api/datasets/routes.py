@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 
 from api.datasets import service
 from api.datasets.schemas import DatasetOut, DatasetPage
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.errors import InvalidInput, NotFound, PayloadTooLarge, Unauthorized, problem_responses
+from api.idempotency.deps import IdempotencyDep
 
 router = APIRouter(tags=["datasets"], responses=problem_responses(Unauthorized))
 
@@ -23,9 +24,10 @@ def upload_dataset(
     caller: CallerDep,
     session: SessionDep,
     settings: SettingsDep,
+    idempotency: IdempotencyDep,
     file: Annotated[UploadFile, File(description="JSONL: prompt/response or chat messages")],
     name: Annotated[str | None, Form(max_length=200)] = None,
-) -> DatasetOut:
+) -> Response:
     row = service.create(
         session=session,
         settings=settings,
@@ -33,7 +35,7 @@ def upload_dataset(
         name=name or file.filename or "dataset",
         source=file.file,
     )
-    return DatasetOut.model_validate(row)
+    return idempotency.respond(DatasetOut.model_validate(row), status_code=201)
 
 
 @router.get("/datasets", response_model=DatasetPage)

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Query, Request, Response
 
 from api.deps import CallerDep, EnqueuesDep, SessionDep, SettingsDep
 from api.errors import InvalidInput, NotFound, Unauthorized, problem_responses
+from api.idempotency.deps import IdempotencyDep
 from api.jobs import service
 from api.jobs.schemas import (
     CheckpointOut,
@@ -30,7 +31,8 @@ def create_job(
     session: SessionDep,
     settings: SettingsDep,
     enqueues: EnqueuesDep,
-) -> JobOut:
+    idempotency: IdempotencyDep,
+) -> Response:
     job = service.create(
         session=session,
         settings=settings,
@@ -38,7 +40,7 @@ def create_job(
         project_id=caller.project_id,
         body=body,
     )
-    return JobOut.from_row(job)
+    return idempotency.respond(JobOut.from_row(job), status_code=201)
 
 
 @router.get("/jobs", response_model=JobPage)

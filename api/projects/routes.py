@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from api.deps import CallerDep, SessionDep
 from api.errors import NotFound, Unauthorized, problem_responses
+from api.idempotency.deps import IdempotencyDep
 from api.projects import service
 from api.projects.schemas import ApiKeyCreate, ApiKeyIssued, ApiKeyOut, ProjectOut
 
@@ -23,9 +24,12 @@ def list_api_keys(caller: CallerDep, session: SessionDep) -> list[ApiKeyOut]:
 
 
 @router.post("/api-keys", response_model=ApiKeyIssued, status_code=201)
-def create_api_key(body: ApiKeyCreate, caller: CallerDep, session: SessionDep) -> ApiKeyIssued:
+def create_api_key(
+    body: ApiKeyCreate, caller: CallerDep, session: SessionDep, idempotency: IdempotencyDep
+) -> Response:
     issued = service.create_key(session=session, project_id=caller.project_id, name=body.name)
-    return ApiKeyIssued(**ApiKeyOut.model_validate(issued.row).model_dump(), key=issued.secret)
+    out = ApiKeyIssued(**ApiKeyOut.model_validate(issued.row).model_dump(), key=issued.secret)
+    return idempotency.respond(out, status_code=201)
 
 
 @router.delete(

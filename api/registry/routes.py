@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, File, Form, Query, UploadFile
+from fastapi import APIRouter, BackgroundTasks, File, Form, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from api.deps import CallerDep, SessionDep, SettingsDep
@@ -15,6 +15,7 @@ from api.errors import (
     field_error,
     problem_responses,
 )
+from api.idempotency.deps import IdempotencyDep
 from api.registry import service
 from api.registry.archives import pack_directory
 from api.registry.schemas import ModelOut, ModelPage, ModelRegister
@@ -26,8 +27,12 @@ router = APIRouter(tags=["models"], responses=problem_responses(Unauthorized))
     "/models", response_model=ModelOut, status_code=201, responses=problem_responses(InvalidInput)
 )
 def register_model(
-    body: ModelRegister, caller: CallerDep, session: SessionDep, settings: SettingsDep
-) -> ModelOut:
+    body: ModelRegister,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency: IdempotencyDep,
+) -> Response:
     if body.trust_remote_code and not settings.allow_trust_remote_code:
         raise field_error(
             ["body", "trust_remote_code"], "is refused: this service never runs a model's own code"
@@ -39,7 +44,7 @@ def register_model(
         name=body.name,
         path=body.path,
     )
-    return ModelOut.model_validate(row)
+    return idempotency.respond(ModelOut.model_validate(row), status_code=201)
 
 
 @router.post(
@@ -52,9 +57,10 @@ def upload_model(
     caller: CallerDep,
     session: SessionDep,
     settings: SettingsDep,
+    idempotency: IdempotencyDep,
     file: Annotated[UploadFile, File(description="A .tar.gz of a Hugging Face model directory")],
     name: Annotated[str | None, Form(max_length=200)] = None,
-) -> ModelOut:
+) -> Response:
     row = service.register_upload(
         session=session,
         settings=settings,
@@ -62,7 +68,7 @@ def upload_model(
         name=name,
         source=file.file,
     )
-    return ModelOut.model_validate(row)
+    return idempotency.respond(ModelOut.model_validate(row), status_code=201)
 
 
 @router.get("/models", response_model=ModelPage)
