@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from api.deps import CallerDep, EnqueuesDep, SessionDep, SettingsDep
 from api.errors import InvalidInput, NotFound, Unauthorized, problem_responses
@@ -18,6 +19,7 @@ from api.jobs.schemas import (
     MetricOut,
     MetricPage,
 )
+from api.jobs.stream import job_stream, parse_cursor
 
 router = APIRouter(tags=["jobs"], responses=problem_responses(Unauthorized))
 
@@ -137,3 +139,43 @@ def list_job_metrics(
 def list_job_checkpoints(job_id: str, caller: CallerDep, session: SessionDep) -> CheckpointPage:
     rows = service.list_checkpoints(session=session, project_id=caller.project_id, job_id=job_id)
     return CheckpointPage(items=[CheckpointOut.model_validate(r) for r in rows])
+
+
+@router.get(
+    "/jobs/{job_id}/stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {"description": "Server-Sent Events", "content": {"text/event-stream": {}}},
+        **problem_responses(NotFound, InvalidInput),
+    },
+)
+def stream_job(
+    job_id: str,
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: str | None = None,
+) -> StreamingResponse:
+    """Status, events and metrics as Server-Sent Events until the job ends (api/jobs/stream.py).
+    Resume with ``Last-Event-ID`` (or ``?last_event_id=``) set to the last ``id:`` received."""
+    service.get_or_raise(session=session, project_id=caller.project_id, job_id=job_id)
+    if last_event_id_header is not None:
+        cursor = parse_cursor(last_event_id_header, loc=["header", "Last-Event-ID"])
+    else:
+        cursor = parse_cursor(last_event_id, loc=["query", "last_event_id"])
+    messages = job_stream(
+        url=settings.resolved_database_url,
+        project_id=caller.project_id,
+        job_id=job_id,
+        cursor=cursor,
+        poll_seconds=settings.sse_poll_seconds,
+        heartbeat_seconds=settings.sse_heartbeat_seconds,
+        is_disconnected=request.is_disconnected,
+    )
+    return StreamingResponse(
+        messages,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
