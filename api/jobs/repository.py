@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from models import Checkpoint, Job, JobEvent, Metric
@@ -73,3 +73,19 @@ def list_metrics(
 def list_checkpoints(session: Session, *, job_id: str) -> list[Checkpoint]:
     stmt = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)
     return list(session.scalars(stmt))
+
+
+def queue_position(session: Session, *, job: Job) -> int:
+    """1-based place of a queued ``job`` among the queued jobs of its queue, oldest first.
+
+    The one query that counts other projects' rows: a queue is shared, so the place depends on
+    them; only the number leaves this function, never which jobs are ahead."""
+    ahead = select(func.count()).where(
+        Job.status == "queued",
+        Job.queue == job.queue,
+        or_(
+            Job.enqueued_at < job.enqueued_at,
+            and_(Job.enqueued_at == job.enqueued_at, Job.id < job.id),
+        ),
+    )
+    return int(session.scalar(ahead) or 0) + 1

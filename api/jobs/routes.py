@@ -1,17 +1,20 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from api.deps import CallerDep, EnqueuesDep, SessionDep, SettingsDep
 from api.errors import InvalidInput, NotFound, Unauthorized, problem_responses
 from api.idempotency.deps import IdempotencyDep
 from api.jobs import service
+from api.jobs.body import SPEC_REQUEST_BODY, SpecBody
+from api.jobs.dry_run import dry_run
 from api.jobs.schemas import (
     CheckpointOut,
     CheckpointPage,
+    DryRunReport,
     EventOut,
     EventPage,
     JobOut,
@@ -25,16 +28,30 @@ router = APIRouter(tags=["jobs"], responses=problem_responses(Unauthorized))
 
 
 @router.post(
-    "/jobs", response_model=JobOut, status_code=201, responses=problem_responses(InvalidInput)
+    "/jobs",
+    response_model=JobOut,
+    status_code=201,
+    responses={
+        200: {"model": DryRunReport, "description": "dry_run: true: the report; nothing made"},
+        **problem_responses(InvalidInput),
+    },
+    openapi_extra=SPEC_REQUEST_BODY,
 )
 def create_job(
-    body: Annotated[dict[str, Any], Body(description="A job spec (docs/SPEC.md)")],
+    body: SpecBody,
     caller: CallerDep,
     session: SessionDep,
     settings: SettingsDep,
     enqueues: EnqueuesDep,
     idempotency: IdempotencyDep,
 ) -> Response:
+    """The body is JSON or YAML (``Content-Type: application/yaml``). With ``dry_run: true``
+    nothing is created: the answer is the validate report, status 200."""
+    if service.is_dry_run(body):
+        report = dry_run(
+            session=session, settings=settings, project_id=caller.project_id, body=body
+        )
+        return idempotency.respond(DryRunReport.model_validate(report), status_code=200)
     job = service.create(
         session=session,
         settings=settings,
@@ -43,6 +60,21 @@ def create_job(
         body=body,
     )
     return idempotency.respond(JobOut.from_row(job), status_code=201)
+
+
+@router.post(
+    "/jobs/validate",
+    response_model=DryRunReport,
+    responses=problem_responses(InvalidInput),
+    openapi_extra=SPEC_REQUEST_BODY,
+)
+def validate_job(
+    body: SpecBody, caller: CallerDep, session: SessionDep, settings: SettingsDep
+) -> DryRunReport:
+    """Resolve a spec (JSON or YAML) and report what would run, with every problem found.
+    Writes nothing, queues nothing."""
+    report = dry_run(session=session, settings=settings, project_id=caller.project_id, body=body)
+    return DryRunReport.model_validate(report)
 
 
 @router.get("/jobs", response_model=JobPage)
@@ -70,14 +102,14 @@ def list_jobs(
         kind=kind,
         metadata=metadata,
     )
-    return JobPage(items=[JobOut.from_row(r) for r in rows], next_cursor=next_cursor)
+    items = [JobOut.from_row(r, service.queue_position(session=session, job=r)) for r in rows]
+    return JobPage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=problem_responses(NotFound))
 def get_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobOut:
-    return JobOut.from_row(
-        service.get_or_raise(session=session, project_id=caller.project_id, job_id=job_id)
-    )
+    job = service.get_or_raise(session=session, project_id=caller.project_id, job_id=job_id)
+    return JobOut.from_row(job, service.queue_position(session=session, job=job))
 
 
 @router.post(
@@ -89,6 +121,33 @@ def cancel_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobOut:
     return JobOut.from_row(
         service.cancel(session=session, project_id=caller.project_id, job_id=job_id)
     )
+
+
+@router.post(
+    "/jobs/{job_id}/pause",
+    response_model=JobOut,
+    responses=problem_responses(NotFound, service.JobNotPausable),
+)
+def pause_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobOut:
+    """Queued: paused at once. Running: ``pausing`` until the worker has checkpointed."""
+    return JobOut.from_row(
+        service.pause(session=session, project_id=caller.project_id, job_id=job_id)
+    )
+
+
+@router.post(
+    "/jobs/{job_id}/resume",
+    response_model=JobOut,
+    responses=problem_responses(NotFound, service.JobNotResumable),
+)
+def resume_job(
+    job_id: str, caller: CallerDep, session: SessionDep, enqueues: EnqueuesDep
+) -> JobOut:
+    """A paused job is queued again and continues from its last checkpoint."""
+    job = service.resume(
+        session=session, enqueues=enqueues, project_id=caller.project_id, job_id=job_id
+    )
+    return JobOut.from_row(job, service.queue_position(session=session, job=job))
 
 
 @router.get(

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Progress(BaseModel):
@@ -28,9 +28,14 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    queue_position: int | None = Field(
+        default=None,
+        description="1-based place among queued jobs of this queue (all projects); "
+        "null unless queued",
+    )
 
     @classmethod
-    def from_row(cls, row: Any) -> JobOut:
+    def from_row(cls, row: Any, queue_position: int | None = None) -> JobOut:
         return cls(
             id=row.id,
             kind=row.kind,
@@ -48,6 +53,7 @@ class JobOut(BaseModel):
             created_at=row.created_at,
             started_at=row.started_at,
             finished_at=row.finished_at,
+            queue_position=queue_position,
         )
 
 
@@ -92,3 +98,25 @@ class CheckpointOut(BaseModel):
 
 class CheckpointPage(BaseModel):
     items: list[CheckpointOut]
+
+
+class DryRunProblem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    line: int | None = None
+    column: int | None = None
+
+
+class DryRunReport(BaseModel):
+    """What a spec would run, or why it cannot (``problems``: every one found)."""
+
+    valid: bool
+    kind: Any
+    problems: list[DryRunProblem]
+    models: list[dict[str, Any]] = Field(description="each model resolved: id/path, arch, params")
+    datasets: dict[str, dict[str, Any]]
+    method: dict[str, Any] | None
+    vocabulary: dict[str, Any] | None = Field(description="status: same | cross_vocab | error")
+    plan: dict[str, Any] | None = Field(description="rows, steps per epoch, total steps, tokens")
+    memory: dict[str, Any] | None = Field(description="peak bytes estimate and how it is made")
+    time: dict[str, Any] | None = Field(description="seconds estimate and its assumption")

@@ -1,4 +1,4 @@
-"""Job rules: validate and resolve a spec, create, list, cancel. Never commits."""
+"""Job rules: validate and resolve a spec, create, list, cancel, pause, resume. Never commits."""
 
 from __future__ import annotations
 
@@ -23,7 +23,16 @@ class JobNotCancellable(Conflict):
     title = "Job not cancellable"
 
 
+class JobNotPausable(Conflict):
+    title = "Job not pausable"
+
+
+class JobNotResumable(Conflict):
+    title = "Job not resumable"
+
+
 def parse_spec(body: Any) -> DistillSpec:
+    body = without_dry_run(body)
     if not isinstance(body, dict):
         raise field_error(["body"], "the job spec must be a JSON object")
     kind = body.get("kind")
@@ -41,6 +50,22 @@ def parse_spec(body: Any) -> DistillSpec:
         first = errors[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInput(f"{where}: {first['msg']}", errors=errors) from exc
+
+
+def without_dry_run(body: Any) -> Any:
+    """The spec without the request-level ``dry_run`` flag (not part of the stored spec)."""
+    if isinstance(body, dict) and "dry_run" in body:
+        return {k: v for k, v in body.items() if k != "dry_run"}
+    return body
+
+
+def is_dry_run(body: Any) -> bool:
+    """``dry_run: true`` in a create body; anything but a boolean there is a 422."""
+    if not isinstance(body, dict) or "dry_run" not in body:
+        return False
+    if not isinstance(body["dry_run"], bool):
+        raise field_error(["body", "dry_run"], "must be true or false")
+    return body["dry_run"]
 
 
 def create(
@@ -111,16 +136,57 @@ def cancel(*, session: Session, project_id: str, job_id: str) -> Job:
     job = get_or_raise(session=session, project_id=project_id, job_id=job_id, for_update=True)
     if job.status in TERMINAL:
         raise JobNotCancellable(f"Job {job_id} already ended as {job.status}.")
-    if job.status in ("validating", "queued"):
+    if job.status in ("validating", "queued", "paused"):
         job.status, job.finished_at = "cancelled", utcnow()
-        message = "cancelled before it started"
-    elif job.status == "running":
+        message = "cancelled before it started" if job.started_at is None else "cancelled"
+    elif job.status in ("running", "pausing"):
         job.status = "cancelling"
         message = "cancel requested; the worker stops after the current step"
     else:
         return job
     repository.add(session, JobEvent(job_id=job.id, level="info", message=message))
     return job
+
+
+def pause(*, session: Session, project_id: str, job_id: str) -> Job:
+    """A queued job is ``paused`` at once (the worker drops its message); a running one goes to
+    ``pausing`` and its worker checkpoints, records an event, sets ``paused`` and leaves.
+    Pausing a job already pausing or paused is a no-op; any other state is a 409."""
+    job = get_or_raise(session=session, project_id=project_id, job_id=job_id, for_update=True)
+    if job.status in ("pausing", "paused"):
+        return job
+    if job.status in ("validating", "queued"):
+        job.status = "paused"
+        message = "paused while queued; resume re-queues it"
+    elif job.status == "running":
+        job.status = "pausing"
+        message = "pause requested; the worker checkpoints and stops after the current step"
+    else:
+        raise JobNotPausable(
+            f"Job {job_id} is {job.status}; only queued or running jobs can be paused."
+        )
+    repository.add(session, JobEvent(job_id=job.id, level="info", message=message))
+    return job
+
+
+def resume(*, session: Session, enqueues: PendingEnqueues, project_id: str, job_id: str) -> Job:
+    """A paused job goes back to ``queued`` (enqueued after the commit) and continues from its
+    last checkpoint. Any other state is a 409."""
+    job = get_or_raise(session=session, project_id=project_id, job_id=job_id, for_update=True)
+    if job.status != "paused":
+        hint = "; wait until it is paused" if job.status == "pausing" else ""
+        raise JobNotResumable(f"Job {job_id} is {job.status}, not paused{hint}.")
+    job.status, job.enqueued_at = "queued", utcnow()
+    repository.add(session, JobEvent(job_id=job.id, level="info", message="resumed; queued again"))
+    enqueues.add(job.id, job.queue)
+    return job
+
+
+def queue_position(*, session: Session, job: Job) -> int | None:
+    """1-based place among the queued jobs of the job's queue; None unless it is queued."""
+    if job.status != "queued" or job.enqueued_at is None:
+        return None
+    return repository.queue_position(session, job=job)
 
 
 def list_events(
