@@ -1,7 +1,11 @@
-"""Line-by-line validation of uploaded JSONL training data.
+"""Line-by-line validation of uploaded JSONL data.
 
-Two formats: ``{"prompt": str, "response": str}`` and chat ``{"messages": [{"role", "content"}]}``
-whose last message is the assistant's answer. A file must use one format throughout.
+Training data comes in two formats: ``{"prompt": str, "response": str}`` and chat
+``{"messages": [{"role", "content"}]}`` whose last message is the assistant's answer. Two more
+serve the other job kinds: ``edit_requests`` (the ZsRE/CounterFact fields of
+:mod:`ml.editing.requests`, recognised by ``subject`` or ``target_new``) for ``kind: edit``, and
+``documents`` (``{"text": str, "title"?: str}``) for ``kind: inject``. A file must use one format
+throughout; the format is recorded on the dataset and checked when a job names it.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from ml.editing.requests import EditRequestError, parse_edit_request
 
 ROLES = ("system", "user", "assistant")
 MAX_REPORTED = 10
@@ -63,10 +69,19 @@ class JsonlValidator:
             return LineError(n, "$", "each line must be a JSON object")
         if "messages" in obj:
             fmt, err = "chat", _check_chat(obj["messages"])
+        elif "subject" in obj or "target_new" in obj:
+            fmt, err = "edit_requests", _check_edit_request(obj)
         elif "prompt" in obj or "response" in obj:
             fmt, err = "prompt_response", _check_prompt_response(obj)
+        elif "text" in obj:
+            fmt, err = "documents", _check_document(obj)
         else:
-            return LineError(n, "$", "expected 'prompt' and 'response', or 'messages'")
+            return LineError(
+                n,
+                "$",
+                "expected 'prompt' and 'response', 'messages', an edit request "
+                "('prompt', 'subject', 'target_new') or a document ('text')",
+            )
         if err is not None:
             return LineError(n, err[0], err[1])
         if self.format is None:
@@ -84,6 +99,25 @@ def _check_prompt_response(obj: dict[str, Any]) -> tuple[str, str] | None:
             return key, "must be a string"
     if not obj["response"].strip():
         return "response", "must not be empty"
+    return None
+
+
+def _check_edit_request(obj: dict[str, Any]) -> tuple[str, str] | None:
+    try:
+        parse_edit_request(obj)
+    except EditRequestError as exc:
+        return exc.field or "$", exc.message
+    return None
+
+
+def _check_document(obj: dict[str, Any]) -> tuple[str, str] | None:
+    unknown = sorted(set(obj) - {"text", "title", "id"})
+    if unknown:
+        return unknown[0], "is not a known field of a document ('text', 'title', 'id')"
+    if not isinstance(obj["text"], str) or not obj["text"].strip():
+        return "text", "must be a non-empty string"
+    if "title" in obj and not isinstance(obj["title"], str):
+        return "title", "must be a string"
     return None
 
 
