@@ -53,12 +53,25 @@ def resolve_model(
     }
 
 
+TRAINING_FORMATS = ("prompt_response", "chat")
+
+
 def resolve_dataset(
-    session: Session, settings: Settings, project_id: str, ref: str, loc: list[str | int]
+    session: Session,
+    settings: Settings,
+    project_id: str,
+    ref: str,
+    loc: list[str | int],
+    formats: tuple[str, ...] = TRAINING_FORMATS,
 ) -> dict[str, Any]:
+    """The dataset's id, path, hash, rows and format; ``formats`` are those this field takes."""
     row = datasets.get(session, project_id=project_id, dataset_id=ref)
     if row is None:
         raise field_error(loc, f"dataset {ref} does not exist in this project")
+    if row.format not in formats:
+        raise field_error(
+            loc, f"dataset {ref} holds {row.format} lines; this field needs " + " or ".join(formats)
+        )
     return {
         "id": row.id,
         "path": str(settings.resolved_data_root / row.path),
