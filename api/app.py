@@ -6,6 +6,7 @@ from fastapi import APIRouter, FastAPI
 
 from api.body_limit import BodySizeLimit
 from api.config import get_settings
+from api.dashboard.routes import router as dashboard_router
 from api.datasets.routes import router as datasets_router
 from api.errors import install_error_handlers
 from api.idempotency.deps import install_replay_handler
@@ -34,6 +35,7 @@ def create_app() -> FastAPI:
     for router in (projects_router, datasets_router, models_router, jobs_router):
         v1.include_router(router)
     app.include_router(v1)
+    app.include_router(dashboard_router)  # the web dashboard at /ui/
     app.add_middleware(
         BodySizeLimit,
         upload_limit=settings.max_upload_bytes,

@@ -1,0 +1,1 @@
+"""The web dashboard: static files served by the API itself (no separate server, no CDN)."""
