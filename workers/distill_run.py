@@ -11,16 +11,21 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from api.config import Settings
 from api.registry.service import register_job_output
+from api.webhooks.outbox import job_status_changed
 from ml.data.formatting import to_prompt_response
 from ml.distillation.recipe import DistillRecipe, RecipeConfig
 from ml.distillation.recipe_config import teacher_cache_fits
-from models import Job, new_id
-from models.session import session_scope
-from workers.runtime import JobRecorder, LeaseKeeper, LeaseLost, job_dir
+from models import Job, new_id, utcnow
+from models.session import rows_updated, session_scope
+from workers.db_retry import run_unit
+from workers.edit_run import run_edit
+from workers.inject_run import run_inject
+from workers.runtime import JobRecorder, LeaseKeeper, LeaseLost, add_event, job_dir
 from workers.teacher_work import EventSink, prepare_teacher_cache, seqkd_train_records
 
 log = logging.getLogger(__name__)
@@ -151,7 +156,8 @@ def run_claimed_job(settings: Settings, job_id: str, worker_id: str) -> None:
         if job.queue == "gpu" and device == "cpu":
             recorder.event("warn", "no CUDA device on this worker; running on the CPU", {})
         recorder.set_fields(device=device)
-        _run(settings, job, device, recorder, keeper)
+        runner = {"edit": run_edit, "inject": run_inject}.get(job.kind, _run)
+        runner(settings, job, device, recorder, keeper)
     except LeaseLost:
         log.warning("lease on %s lost; another worker resumes it", job_id)
     except Exception as exc:
@@ -189,6 +195,9 @@ def _run(
         if outcome.stopped:
             if keeper.lost.is_set():
                 raise LeaseLost(job.id)
+            if keeper.pause_requested.is_set() and not keeper.cancel_requested.is_set():
+                if pause_here(settings, job.id, recorder, recipe, outcome.step):
+                    return
             recorder.event("info", f"cancelled at step {outcome.step}", {"step": outcome.step})
             recorder.finish("cancelled")
             return
@@ -216,6 +225,35 @@ def _run(
             recipe.cleanup()  # flushes pending metrics: must not mask how the job ended
         except Exception:
             log.exception("cleanup of %s failed", job.id)
+
+
+def pause_here(
+    settings: Settings, job_id: str, recorder: JobRecorder, recipe: DistillRecipe, step: int
+) -> bool:
+    """Checkpoint the current step, then ``pausing -> paused`` with the lease released, in one
+    guarded UPDATE. False when the job is no longer ``pausing`` (a cancel came in meanwhile)."""
+    path = recipe.save_checkpoint() if step > 0 else None
+
+    def write(session: Session, attempt: int) -> bool:
+        touched = rows_updated(
+            session,
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == recorder.worker_id)
+            .where(Job.status == "pausing")
+            .values(status="paused", lease_owner=None, lease_expires_at=None,
+                    progress_step=step, updated_at=utcnow())
+            .execution_options(synchronize_session=False),
+        )  # fmt: skip
+        if touched == 1:
+            add_event(session, job_id, "info", f"paused at step {step}; the worker is free",
+                      step=step, checkpoint=str(path) if path else None)  # fmt: skip
+            job_status_changed(session, job_id)
+            return True
+        row = session.get(Job, job_id)  # an earlier attempt may have committed before a blip
+        return bool(attempt and row is not None and row.status == "paused")
+
+    url, deadline = settings.resolved_database_url, settings.db_retry_seconds
+    return run_unit(url, write, deadline_seconds=deadline, what=f"pause of {job_id}")
 
 
 def run_record(job: Job, config: RecipeConfig) -> dict[str, Any]:

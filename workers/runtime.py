@@ -29,6 +29,8 @@ from workers.db_retry import run_unit
 
 log = logging.getLogger(__name__)
 KEEP_CHECKPOINTS = 3
+# States in which a worker holds the job: cancelling and pausing stop it between steps.
+LIVE_STATUSES = ("running", "cancelling", "pausing")
 T = TypeVar("T")
 
 
@@ -96,6 +98,7 @@ class LeaseKeeper(threading.Thread):
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.settings, self.job_id, self.worker_id = settings, job_id, worker_id
         self.cancel_requested = threading.Event()
+        self.pause_requested = threading.Event()
         self.lost = threading.Event()
         self._stop_event = threading.Event()
 
@@ -105,7 +108,7 @@ class LeaseKeeper(threading.Thread):
             status = session.execute(
                 update(Job)
                 .where(Job.id == self.job_id, Job.lease_owner == self.worker_id)
-                .where(Job.status.in_(("running", "cancelling")))
+                .where(Job.status.in_(LIVE_STATUSES))
                 .values(lease_expires_at=now + timedelta(seconds=self.settings.lease_seconds))
                 .returning(Job.status)
             ).scalar_one_or_none()
@@ -113,6 +116,8 @@ class LeaseKeeper(threading.Thread):
             self.lost.set()
         elif status == "cancelling":
             self.cancel_requested.set()
+        elif status == "pausing":
+            self.pause_requested.set()
 
     def run(self) -> None:
         while not self._stop_event.wait(self.settings.heartbeat_seconds):
@@ -122,7 +127,7 @@ class LeaseKeeper(threading.Thread):
                 log.exception("lease renewal failed for %s", self.job_id)
 
     def should_stop(self) -> bool:
-        return self.cancel_requested.is_set() or self.lost.is_set()
+        return self.cancel_requested.is_set() or self.pause_requested.is_set() or self.lost.is_set()
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -134,7 +139,7 @@ def _hold_lease(session: Session, job_id: str, worker_id: str, **values: Any) ->
         session,
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == worker_id)
-        .where(Job.status.in_(("running", "cancelling")))
+        .where(Job.status.in_(LIVE_STATUSES))
         .values(updated_at=utcnow(), **values)
         .execution_options(synchronize_session=False),
     )

@@ -26,7 +26,9 @@ def sweep_once(settings: Settings) -> list[str]:
     to_send: list[tuple[str, str]] = []
     with session_scope(settings.resolved_database_url) as session:
         expired = session.scalars(
-            select(Job).where(Job.status.in_(("running", "cancelling")), Job.lease_expires_at < now)
+            select(Job).where(
+                Job.status.in_(("running", "cancelling", "pausing")), Job.lease_expires_at < now
+            )
         ).all()
         for job in expired:
             values, level, message = _after_lost_worker(job, settings, now)
@@ -63,6 +65,12 @@ def _after_lost_worker(
     job: Job, settings: Settings, now: datetime
 ) -> tuple[dict[str, Any], str, str]:
     """What a job whose lease expired becomes: (column values, event level, event message)."""
+    if job.status == "pausing":  # paused where it stands: resume continues from the last checkpoint
+        return (
+            {"status": "paused", "lease_owner": None, "lease_expires_at": None},
+            "warn",
+            "worker lost while pausing; paused at its last checkpoint",
+        )
     if job.status == "cancelling":
         return (
             {"status": "cancelled", "finished_at": now, "lease_owner": None},

@@ -1,0 +1,179 @@
+"""The "value" half of locate-then-edit: find the vector that, added to a module's output at the
+subject's last token, makes the model say ``target_new``.
+
+ROME (Meng et al. 2022, Sec. 3.1 step 2, eq. 4) optimises ``δ`` added to the MLP output at the
+edited layer; MEMIT (Meng et al. 2023, Sec. 4.3 eq. 16) adds it to the residual stream at the
+last edited layer. Both minimise the target's negative log-likelihood, plus a KL term that keeps
+the model's next-token distribution after the bare subject (its "essence", ROME eq. 4), plus a
+weight decay relative to the original output's norm; ``δ`` is kept within ``clamp_norm`` times
+that norm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ml.editing.locate import add_to_output, subject_last_token
+from ml.editing.metrics import answer_ids, prompt_ids, right_padded
+from ml.editing.requests import EditRequest
+
+
+@dataclass
+class RewriteRows:
+    """Token rows ``[bos] + context(prompt) + target_new`` for every (request, context).
+
+    ``input_ids``/``attention_mask`` ``(R, T)``; ``labels`` ``(R, T)`` the target ids at their
+    positions, -100 elsewhere (unshifted); ``rows``/``positions`` ``(R,)`` the subject's last
+    token of each row; ``request`` ``(R,)`` which request a row belongs to.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    labels: Tensor
+    positions: Tensor
+    request: Tensor
+
+    @property
+    def rows(self) -> Tensor:
+        return torch.arange(self.input_ids.shape[0])
+
+
+def rewrite_rows(
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[EditRequest],
+    contexts: Sequence[str] = ("{}",),
+) -> RewriteRows:
+    rows: list[list[int]] = []
+    labels: list[list[int]] = []
+    positions: list[int] = []
+    owners: list[int] = []
+    for index, request in enumerate(requests):
+        target = answer_ids(tokenizer, request.target_new)
+        for context in contexts:
+            prompt = context.format(request.prompt)
+            ids = prompt_ids(tokenizer, prompt)
+            rows.append(ids + target)
+            labels.append([-100] * len(ids) + target)
+            positions.append(subject_last_token(tokenizer, prompt, request.subject))
+            owners.append(index)
+    pad = tokenizer.pad_token_id if isinstance(tokenizer.pad_token_id, int) else 0
+    input_ids, mask, _ = right_padded(rows, pad)
+    label_ids, _, _ = right_padded(labels, -100)
+    return RewriteRows(input_ids, mask, label_ids, torch.tensor(positions), torch.tensor(owners))
+
+
+def essence_rows(
+    tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``[bos] + subject`` rows, their last positions, and each row's request index."""
+    rows = [prompt_ids(tokenizer, request.subject) for request in requests]
+    pad = tokenizer.pad_token_id if isinstance(tokenizer.pad_token_id, int) else 0
+    ids, mask, lengths = right_padded(rows, pad)
+    return ids, mask, lengths - 1
+
+
+@dataclass
+class ValueSearchParams:
+    steps: int = 40
+    lr: float = 0.5
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    clamp_norm: float = 4.0
+    stop_nll: float = 0.02
+    contexts: tuple[str, ...] = ("{}",)
+
+
+def _output_at(
+    model: PreTrainedModel, module: nn.Module, ids: Tensor, mask: Tensor, positions: Tensor
+) -> Tensor:
+    captured: dict[str, Tensor] = {}
+
+    def hook(_m: nn.Module, _a: object, output: object) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        assert isinstance(hidden, Tensor)
+        captured["out"] = hidden
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+    finally:
+        handle.remove()
+    return captured["out"][torch.arange(len(positions)), positions].detach().float()
+
+
+def search_values(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[EditRequest],
+    module: nn.Module,
+    params: ValueSearchParams,
+) -> tuple[Tensor, Tensor, float]:
+    """Optimise one ``δ`` per request added to ``module``'s output at the subject's last token.
+
+    Returns ``(delta (N, D), original_output (N, D), final target NLL)``; ``original_output`` is
+    the module's output at the subject's last token of the bare prompt (first context). The
+    model's weights are not changed (only ``δ`` has a gradient).
+    """
+    device = next(model.parameters()).device
+    batch = rewrite_rows(tokenizer, requests, params.contexts)
+    ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+    labels = batch.labels.to(device)
+    first_row = [i * len(params.contexts) for i in range(len(requests))]
+    original = _output_at(model, module, ids, mask, batch.positions.to(device))[first_row]
+    e_ids, e_mask, e_pos = essence_rows(tokenizer, requests)
+    e_ids, e_mask = e_ids.to(device), e_mask.to(device)
+    with torch.no_grad():
+        logits = model(input_ids=e_ids, attention_mask=e_mask).logits
+        essence_before = F.log_softmax(logits[torch.arange(len(requests)), e_pos].float(), -1)
+    delta = torch.zeros_like(original, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=params.lr)
+    limits = params.clamp_norm * original.norm(dim=-1, keepdim=True)
+    was_training = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in was_training:
+        p.requires_grad_(False)
+    nll_value = float("inf")
+    try:
+        for _ in range(params.steps):
+            optimizer.zero_grad()
+            with add_to_output(
+                module,
+                batch.rows.to(device),
+                batch.positions.to(device),
+                delta[batch.request.to(device)],
+            ):
+                logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            nll = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+            )
+            loss = nll
+            if params.kl_factor > 0:
+                with add_to_output(
+                    module, torch.arange(len(requests), device=device), e_pos.to(device), delta
+                ):
+                    e_logits = model(input_ids=e_ids, attention_mask=e_mask).logits.float()
+                essence_after = F.log_softmax(e_logits[torch.arange(len(requests)), e_pos], -1)
+                kl = F.kl_div(essence_after, essence_before, log_target=True, reduction="batchmean")
+                loss = loss + params.kl_factor * kl
+            decay = (delta.norm(dim=-1) ** 2 / original.norm(dim=-1) ** 2).mean()
+            loss = loss + params.weight_decay * decay
+            nll_value = float(nll.detach())
+            if nll_value < params.stop_nll:
+                break
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                norms = delta.norm(dim=-1, keepdim=True)
+                delta.mul_(torch.clamp(limits / norms.clamp_min(1e-12), max=1.0))
+    finally:
+        for p, flag in was_training:
+            p.requires_grad_(flag)
+    return delta.detach(), original, nll_value
