@@ -11,6 +11,8 @@ from api.datasets.routes import router as datasets_router
 from api.errors import install_error_handlers
 from api.idempotency.deps import install_replay_handler
 from api.jobs.routes import router as jobs_router
+from api.openai_compat.errors import install_openai_error_handler
+from api.openai_compat.routes import router as openai_router
 from api.projects.routes import router as projects_router
 from api.registry.routes import router as models_router
 
@@ -25,6 +27,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
+    install_openai_error_handler(app)  # {"error": …} on /v1/files, /v1/fine_tuning
     install_replay_handler(app)
     v1 = APIRouter(prefix="/v1")
 
@@ -34,6 +37,7 @@ def create_app() -> FastAPI:
 
     for router in (projects_router, datasets_router, models_router, jobs_router):
         v1.include_router(router)
+    v1.include_router(openai_router)  # /v1/files, /v1/fine_tuning/jobs in OpenAI's shapes
     app.include_router(v1)
     app.include_router(dashboard_router)  # the web dashboard at /ui/
     app.add_middleware(

@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-UPLOAD_PATHS = ("/v1/datasets", "/v1/models/upload")
+UPLOAD_PATHS = ("/v1/datasets", "/v1/models/upload", "/v1/files")
 MULTIPART_OVERHEAD = 64 * 1024
 
 

@@ -307,6 +307,7 @@ class DistillRecipe:
             "train/lr": lr,
             "train/grad_norm": grad_norm,
             "train/tokens_per_s": input_tokens / elapsed,
+            "train/tokens": float(input_tokens),  # summed into trained_tokens by the API
         }
         if use_kd:
             values["train/loss_kd"] = kd_mean
