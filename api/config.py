@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     requeue_after_seconds: float = 120.0
     # Redis visibility timeout: above the longest job, so Redis never redelivers a live one.
     visibility_timeout_seconds: int = 7 * 24 * 3600
+    # Workers mirror each job's params, metrics and tags to this MLflow tracking URI when set
+    # (workers/mlflow_logging.py; needs the `mlflow` extra).
+    mlflow_tracking_uri: str = ""
     # Idempotency-Key: how long a key and its first response are kept.
     idempotency_ttl_hours: float = 24.0
     # Server-Sent Events (GET /v1/jobs/{id}/stream): database poll and keep-alive comment.

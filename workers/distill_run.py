@@ -25,6 +25,7 @@ from models.session import rows_updated, session_scope
 from workers.db_retry import run_unit
 from workers.edit_run import run_edit
 from workers.inject_run import run_inject
+from workers.mlflow_logging import MlflowMirror
 from workers.runtime import JobRecorder, LeaseKeeper, LeaseLost, add_event, job_dir
 from workers.teacher_work import EventSink, prepare_teacher_cache, seqkd_train_records
 
@@ -176,9 +177,15 @@ def _run(
     settings: Settings, job: Job, device: str, recorder: JobRecorder, keeper: LeaseKeeper
 ) -> None:
     config = build_config(job, settings, device, recorder.event)
+    mirror = MlflowMirror(settings, job, recorder.event)
+
+    def metrics_sink(points: list[Any]) -> None:
+        recorder.metrics(points)  # the database first: MLflow gets only what is recorded
+        mirror.log_metrics(points)
+
     recipe = DistillRecipe(
         config,
-        metrics_sink=recorder.metrics,
+        metrics_sink=metrics_sink,
         event_sink=recorder.event,
         should_stop=keeper.should_stop,
         on_checkpoint=recorder.checkpoint,
@@ -190,6 +197,8 @@ def _run(
         if resume_from is None:
             result["initial_student"] = recipe.evaluate("student")
         result["run"] = run_record(job, config)
+        if (mlflow_run := mirror.start()) is not None:
+            result["mlflow"] = mlflow_run
         recorder.set_fields(total_steps=recipe.total_steps, result=result)
         outcome = recipe.train()
         if outcome.stopped:
@@ -200,6 +209,7 @@ def _run(
                     return
             recorder.event("info", f"cancelled at step {outcome.step}", {"step": outcome.step})
             recorder.finish("cancelled")
+            mirror.end("cancelled")
             return
         result["student"] = outcome.eval or recipe.evaluate("student")
         result["teacher"] = recipe.evaluate("teacher")
@@ -220,6 +230,12 @@ def _run(
         recorder.event("info", "student saved and registered", {"model_id": model_ref})
         recorder.finish("succeeded", result=result, output_model_id=model_ref,
                         progress_step=outcome.step)  # fmt: skip
+        mirror.end("succeeded")
+    except LeaseLost:
+        raise  # another worker carries on, in the same MLflow run
+    except Exception:
+        mirror.end("failed")
+        raise
     finally:
         try:
             recipe.cleanup()  # flushes pending metrics: must not mask how the job ended
