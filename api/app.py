@@ -15,6 +15,7 @@ from api.openai_compat.errors import install_openai_error_handler
 from api.openai_compat.routes import router as openai_router
 from api.projects.routes import router as projects_router
 from api.registry.routes import router as models_router
+from api.webhooks.routes import router as webhooks_router
 
 
 def create_app() -> FastAPI:
@@ -37,6 +38,7 @@ def create_app() -> FastAPI:
 
     for router in (projects_router, datasets_router, models_router, jobs_router):
         v1.include_router(router)
+    v1.include_router(webhooks_router)  # /v1/webhooks
     v1.include_router(openai_router)  # /v1/files, /v1/fine_tuning/jobs in OpenAI's shapes
     app.include_router(v1)
     app.include_router(dashboard_router)  # the web dashboard at /ui/

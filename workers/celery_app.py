@@ -51,3 +51,13 @@ def _start_sweeper(**_kwargs: object) -> None:
 from celery.signals import worker_ready  # noqa: E402
 
 worker_ready.connect(_start_sweeper, weak=False)
+
+
+def _start_webhook_deliverer(**_kwargs: object) -> None:
+    from workers.webhook_delivery import WebhookDeliverer
+
+    WebhookDeliverer(get_settings()).start()
+
+
+# Every worker delivers the webhook outbox; rows are claimed one by one with a guarded UPDATE.
+worker_ready.connect(_start_webhook_deliverer, weak=False)

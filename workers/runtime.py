@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from api.config import Settings
+from api.webhooks.outbox import job_status_changed
 from models import Checkpoint, Job, JobEvent, Metric, new_id, utcnow
 from models.session import rows_updated, session_scope
 from workers.db_retry import run_unit
@@ -85,6 +86,7 @@ def claim_job(settings: Settings, job_id: str, worker_id: str) -> bool:
         if job.started_at is None:
             job.started_at = now
         add_event(session, job_id, "info", f"claimed by {worker_id} (attempt {job.attempts})")
+        job_status_changed(session, job_id)  # webhooks, in the claim's transaction
         return True
 
     url = settings.resolved_database_url
@@ -145,6 +147,8 @@ def _hold_lease(session: Session, job_id: str, worker_id: str, **values: Any) ->
     )
     if touched != 1:
         raise LeaseLost(job_id)
+    if "status" in values:  # finish() and any other worker-side transition
+        job_status_changed(session, job_id)
 
 
 class JobRecorder:

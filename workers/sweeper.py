@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from api.config import Settings
+from api.webhooks.outbox import job_status_changed
 from models import Job, utcnow
 from models.session import rows_updated, session_scope
 from workers.dispatch import send_job
@@ -38,6 +39,7 @@ def sweep_once(settings: Settings) -> list[str]:
             statement = guard.values(updated_at=now, **values)
             if rows_updated(session, statement.execution_options(synchronize_session=False)) == 1:
                 add_event(session, job.id, level, message, previous_owner=job.lease_owner)
+                job_status_changed(session, job.id)
                 if values["status"] == "queued":
                     to_send.append((job.id, job.queue))
         stale_before = now - timedelta(seconds=settings.requeue_after_seconds)

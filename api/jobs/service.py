@@ -14,6 +14,7 @@ from api.errors import Conflict, InvalidInput, NotFound, field_error
 from api.jobs import repository
 from api.jobs.resolution import resolve_distill
 from api.jobs.spec import JOB_KINDS, DistillSpec
+from api.webhooks.outbox import job_status_changed
 from models import Checkpoint, Job, JobEvent, Metric, new_id, utcnow
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -95,6 +96,7 @@ def create(
     repository.add(
         session, JobEvent(job_id=job.id, level="info", message="job validated and queued")
     )
+    job_status_changed(session, job.id)  # webhooks, in this transaction
     enqueues.add(job.id, job.queue)
     return job
 
@@ -145,6 +147,7 @@ def cancel(*, session: Session, project_id: str, job_id: str) -> Job:
     else:
         return job
     repository.add(session, JobEvent(job_id=job.id, level="info", message=message))
+    job_status_changed(session, job.id)
     return job
 
 
@@ -166,6 +169,7 @@ def pause(*, session: Session, project_id: str, job_id: str) -> Job:
             f"Job {job_id} is {job.status}; only queued or running jobs can be paused."
         )
     repository.add(session, JobEvent(job_id=job.id, level="info", message=message))
+    job_status_changed(session, job.id)
     return job
 
 
@@ -178,6 +182,7 @@ def resume(*, session: Session, enqueues: PendingEnqueues, project_id: str, job_
         raise JobNotResumable(f"Job {job_id} is {job.status}, not paused{hint}.")
     job.status, job.enqueued_at = "queued", utcnow()
     repository.add(session, JobEvent(job_id=job.id, level="info", message="resumed; queued again"))
+    job_status_changed(session, job.id)
     enqueues.add(job.id, job.queue)
     return job
 
