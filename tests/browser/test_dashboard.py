@@ -48,9 +48,9 @@ def test_new_job_form_shows_problems_on_fields_then_creates_a_job_whose_curve_gr
     assert served.teacher_id in starter and served.dataset_id in starter
 
     broken = starter.replace("loss: fkl", "loss: fkl_typo")
-    broken = re.sub(r"max_steps: \d+", "max_steps: 120", broken)
+    broken = re.sub(r"max_steps: \d+", "max_steps: 240", broken)
     broken = re.sub(r"batch_size: \d+", "batch_size: 4", broken)
-    broken = re.sub(r"eval_every: \d+", "eval_every: 40", broken)
+    broken = re.sub(r"eval_every: \d+", "eval_every: 80", broken)
     page.fill("#spec-yaml", broken)
     page.click("#spec-validate")
     problem = page.wait_for_selector("#spec-problems li[data-loc='method.loss']")
@@ -62,6 +62,17 @@ def test_new_job_form_shows_problems_on_fields_then_creates_a_job_whose_curve_gr
     assert [m.get_attribute("data-line") for m in marked] == [str(loss_line)]
     browser.screenshot("new-job-problem")
 
+    # Create with another mistake: the 422 problem+json is shown on its line; no job is made.
+    jobs_before = len(served.api.call("GET", "/v1/jobs")["items"])
+    wrong_batch = broken.replace("fkl_typo", "fkl").replace("batch_size: 4", "batch_size: many")
+    page.fill("#spec-yaml", wrong_batch)
+    page.click("#spec-create")
+    problem = page.wait_for_selector("#spec-problems li[data-loc$='training.batch_size']")
+    batch_line = wrong_batch.splitlines().index("  batch_size: many") + 1
+    assert problem.get_attribute("data-line") == str(batch_line)
+    assert "#/new" in page.url
+    assert len(served.api.call("GET", "/v1/jobs")["items"]) == jobs_before
+
     page.fill("#spec-yaml", broken.replace("fkl_typo", "fkl"))
     page.click("#spec-validate")
     page.wait_for_selector("#spec-verdict.ok")
@@ -70,7 +81,8 @@ def test_new_job_form_shows_problems_on_fields_then_creates_a_job_whose_curve_gr
     page.click("#spec-create")
     page.wait_for_url(re.compile(r"#/jobs/job_"))
     job_id = page.url.rsplit("/", 1)[-1]
-    assert served.api.job(job_id)["spec"]["training"]["max_steps"] == 120
+    page.wait_for_selector("#transport:text-is('stream')")  # live over SSE, not polling
+    assert served.api.job(job_id)["spec"]["training"]["max_steps"] == 240
 
     # The curve grows while the job runs: more plotted points later than earlier.
     first = wait_until(lambda: plotted_points(browser, "#loss-chart"), timeout=120,
@@ -80,10 +92,10 @@ def test_new_job_form_shows_problems_on_fields_then_creates_a_job_whose_curve_gr
     browser.screenshot("job-running")
     page.wait_for_selector("#job-stats")
     page.wait_for_selector(".head-actions [data-status='succeeded']", timeout=180_000)
-    assert plotted_points(browser, "#loss-chart") == 120
+    assert plotted_points(browser, "#loss-chart") == 240
     page.wait_for_selector("#produced-model a")
     page.wait_for_selector("#result-table")
-    page.wait_for_selector("#checkpoint-rows tr td:text-is('100')")
+    page.wait_for_selector("#checkpoint-rows tr td:text-is('200')")
     page.wait_for_selector("#eval-chart path.series")
     assert page.inner_text("#eta") == "done"
     browser.screenshot("job-succeeded")
@@ -94,11 +106,16 @@ def test_cancel_a_running_job_from_its_page(browser: Browser) -> None:
     job_id = served.api.create_job(served.spec(name="long-run", max_steps=100_000,
                                                checkpoint_every=0))  # fmt: skip
     served.api.wait_status(job_id, ("running",), timeout=180)
+    # As on a server without the stream route: the page falls back to polling the REST lists.
+    page.route("**/v1/jobs/*/stream", lambda route: route.fulfill(status=404, body="{}"))
     browser.sign_in()
     browser.open(f"#/jobs/{job_id}")
     page.wait_for_selector(".head-actions [data-status='running']")
-    wait_until(lambda: plotted_points(browser, "#loss-chart") > 0, timeout=120,
-               what="the running job's first loss points")  # fmt: skip
+    page.wait_for_selector("#transport:text-is('polling')")
+    first = wait_until(lambda: plotted_points(browser, "#loss-chart"), timeout=120,
+                       what="the running job's first loss points")  # fmt: skip
+    wait_until(lambda: plotted_points(browser, "#loss-chart") > first, timeout=120,
+               what="the polled curve to grow")  # fmt: skip
     page.click("#cancel-job")  # the confirm() dialog is accepted by the fixture
     page.wait_for_selector(".head-actions [data-status='cancelled']", timeout=120_000)
     assert page.is_disabled("#cancel-job")
@@ -151,9 +168,11 @@ def test_compare_overlays_two_jobs_and_models_show_their_lineage(browser: Browse
 def test_jobs_list_filters_searches_and_renders_names_as_text(browser: Browser) -> None:
     page, served = browser.page, browser.served
     hostile = '<img src=x id=injected onerror="window.__pwned=1">'
-    job_id = served.api.create_job(served.spec(name=hostile, max_steps=100_000))
-    served.api.call("POST", f"/v1/jobs/{job_id}/cancel")
-    served.api.wait_status(job_id, ("cancelled",), timeout=120)
+    job_id, *_ = made = [served.api.create_job(served.spec(name=name, max_steps=100_000))
+                         for name in (hostile, "filler-1", "filler-2")]  # fmt: skip
+    for made_id in made:  # cancelled while queued (or between steps): nothing left running
+        served.api.call("POST", f"/v1/jobs/{made_id}/cancel")
+        served.api.wait_status(made_id, ("cancelled",), timeout=120)
 
     browser.sign_in()
     link = page.wait_for_selector(f"#jobs-rows tr[data-job-id='{job_id}'] a.job-link")
@@ -161,13 +180,57 @@ def test_jobs_list_filters_searches_and_renders_names_as_text(browser: Browser) 
     assert page.query_selector("#injected") is None
     assert page.evaluate("window.__pwned") is None
 
+    ids = lambda: [r.get_attribute("data-job-id")  # noqa: E731
+                   for r in page.query_selector_all("#jobs-rows tr[data-job-id]")]  # fmt: skip
+    cancelled = [j["id"] for j in served.api.call("GET", "/v1/jobs?status=cancelled")["items"]]
+    assert set(made) <= set(cancelled)
     page.select_option("#filter-status", "cancelled")
-    wait_until(lambda: {r.get_attribute("data-status")
-                        for r in page.query_selector_all("#jobs-rows tr[data-status]")}
-               == {"cancelled"}, timeout=30, what="only cancelled jobs")  # fmt: skip
+    wait_until(lambda: ids() == cancelled, timeout=30, what="exactly the cancelled jobs")
     page.select_option("#filter-status", "")
     page.fill("#filter-q", "img src")
-    wait_until(lambda: [r.get_attribute("data-job-id")
-                        for r in page.query_selector_all("#jobs-rows tr[data-job-id]")]
-               == [job_id], timeout=30, what="the search to keep one job")  # fmt: skip
+    wait_until(lambda: ids() == [job_id], timeout=30, what="the search to keep one job")
     browser.screenshot("jobs-list")
+
+    # Pages of two through the API cursor: the second page holds other jobs, and back again.
+    browser.open("#/jobs?limit=2")
+    first_page = wait_until(lambda: len(ids()) == 2 and ids(), timeout=30, what="page 1")
+    page.click("#page-next")
+    second_page = wait_until(lambda: (now := ids()) != first_page and now, timeout=30,
+                             what="page 2")  # fmt: skip
+    assert not set(first_page) & set(second_page)
+    page.click("#page-prev")
+    wait_until(lambda: ids() == first_page, timeout=30, what="page 1 again")
+
+
+def test_page_modules_parse_sse_chunks_and_find_yaml_lines(browser: Browser) -> None:
+    """The SSE parser and the YAML line finder, run as the page runs them (real Chromium)."""
+    browser.sign_in()
+    got = browser.page.evaluate(
+        r"""async () => {
+          const { SseParser } = await import("/ui/js/sse.js");
+          const { lineOfPath } = await import("/ui/js/yaml_paths.js");
+          const seen = [];
+          const parser = new SseParser((m) => seen.push(m));
+          // A message split across chunks (a CRLF too), a comment, a two-line data field.
+          const chunks = ["event: met", "ric\r\nid: 7-3\r\ndata: {\"k\":", "1}\r", "\n\r\n",
+                          ": keep-alive\n\n", "data: a\ndata: b\n\nevent: end\ndata: {}\n\n"];
+          for (const chunk of chunks) parser.push(chunk);
+          const spec = "kind: distill\nmethod:\n  loss: fkl\n  params: {temperature: 1.0}\n";
+          return {
+            seen,
+            loss: lineOfPath(spec, ["method", "loss"]),
+            param: lineOfPath(spec, ["method", "params", "temperature"]),
+            tagged: lineOfPath(spec, ["distill", "method", "loss"]),
+            missing: lineOfPath(spec, ["dataset", "train"]),
+          };
+        }"""
+    )
+    assert got["seen"] == [
+        {"event": "metric", "data": '{"k":1}', "id": "7-3"},
+        {"event": "message", "data": "a\nb", "id": "7-3"},
+        {"event": "end", "data": "{}", "id": "7-3"},
+    ]
+    assert got["loss"] == {"line": 3, "exact": True}
+    assert got["param"] == {"line": 4, "exact": False}  # inside a flow mapping: its key's line
+    assert got["tagged"] == {"line": 3, "exact": True}
+    assert got["missing"] == {"line": None, "exact": False}

@@ -5,9 +5,21 @@
 
 const KEY_LINE = /^(\s*)((?:-\s+)*)(["']?)([^\s:#"'][^:#"']*?)\3\s*:(?:\s|$)/;
 
-/** 1-based line of the deepest key on `loc`'s path, and whether it is the field itself. */
+/**
+ * 1-based line of the deepest key on `loc`'s path, and whether it is the field itself. A loc
+ * with a leading tag the text does not have (a union's branch name, say) is tried without it.
+ */
 export function lineOfPath(text, loc) {
   const wanted = loc.filter((part) => typeof part === "string");
+  const whole = deepestKeyLine(text, wanted);
+  for (let start = 1; !whole.exact && start < wanted.length; start += 1) {
+    const rest = deepestKeyLine(text, wanted.slice(start));
+    if (rest.exact) return rest;
+  }
+  return whole;
+}
+
+function deepestKeyLine(text, wanted) {
   if (!wanted.length) return { line: null, exact: false };
   const stack = [];
   let best = { line: null, depth: 0, exact: false };

@@ -53,7 +53,7 @@ export function renderCompare({ view, params, navigate }) {
     }));
     replace(chartBox, jobs.length < 2
       ? h("p", { class: "muted" }, "Pick two or more jobs above.")
-      : lineChart(series, { title: `${chosenKey} by job`, height: 320, empty: `No ${chosenKey} points in these jobs.` }));
+      : lineChart(series, { title: `${chosenKey} by job`, width: 1100, height: 380, empty: `No ${chosenKey} points in these jobs.` }));
     const lowerIsBetter = /loss/.test(chosenKey);
     replace(summary, jobs.map((job, index) => {
       const values = series[index].points.map((p) => p[1]);

@@ -23,6 +23,7 @@ export function renderJobs({ view, params, navigate }) {
     status: params.get("status") || "",
     kind: params.get("kind") || "",
     q: params.get("q") || "",
+    limit: Math.min(200, Math.max(1, Number(params.get("limit")) || 25)),
     cursors: [null],
     page: 0,
     nextCursor: null,
@@ -86,7 +87,7 @@ export function renderJobs({ view, params, navigate }) {
 
   async function load() {
     const page = await call("/v1/jobs", {
-      params: { status: state.status, kind: state.kind, cursor: state.cursors[state.page], limit: 25 },
+      params: { status: state.status, kind: state.kind, cursor: state.cursors[state.page], limit: state.limit },
     });
     state.items = page.items;
     state.nextCursor = page.next_cursor;
