@@ -1,143 +1,150 @@
-"""Lifelong (sequential) editing with a curve and a collapse guard.
+"""Sequential (lifelong) editing with a curve and a collapse stop.
 
-Requests are applied one after another, each on the result of the previous. Every
-``eval_every`` edits the model is measured: the four metrics over the edits made so far (their
-reliability is the *retention* of earlier edits), and optionally the perplexity of held-out
-texts against the original model's. When locality falls under ``min_locality`` or the
-perplexity ratio passes ``max_perplexity_ratio``, editing stops and the model is put back to
-the last measured state that passed: sequential editing is known to break models after enough
-edits (Gupta et al. 2024, "Model Editing at Scale leads to Gradual and Catastrophic
-Forgetting"), and a service must not hand back a broken one.
-
-The last good state is a copy of the model kept in memory (twice the model's size).
+Requests are applied one after another; every ``every`` edits the metrics are measured on the
+newest block, plus retention (reliability of every earlier edit) and, when given, the perplexity
+of held-out text. If locality falls below ``min_locality`` or the perplexity rises past
+``max_perplexity`` the run stops with a reason and the edits since the last good point are
+undone, so the model is left in its last good state.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ml.editing.apply import apply_edits
+from ml.editing.apply import apply_edits, restore
 from ml.editing.covariance import KeyCovarianceStore
-from ml.editing.metrics import METRICS, evaluate_edits
+from ml.editing.grace import attach_grace, find_grace
+from ml.editing.metrics import evaluate_edits, prompt_ids, right_padded
 from ml.editing.requests import EditRequest
-
-CurveSink = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
-class SequentialOutcome:
-    """``model`` is the last state that passed (the edited model itself when nothing
-    collapsed); ``kept`` how many edits it holds; ``points`` the curve, one dict per
-    measurement (``edits`` plus flat metric keys); ``collapsed_at`` the edit count whose
-    measurement failed, or None; ``stopped`` True when ``should_stop`` ended it early."""
+class SequentialResult:
+    """``curve``: one point per block; ``applied``: edits in the final model; ``stopped``: the
+    collapse reason or None; ``deltas``: the weight delta of each applied edit, in order."""
 
-    model: PreTrainedModel
-    kept: int
-    points: list[dict[str, float]] = field(default_factory=list)
-    collapsed_at: int | None = None
-    reason: str | None = None
-    stopped: bool = False
+    curve: list[dict[str, Any]]
+    applied: int
+    stopped: str | None
+    deltas: list[dict[str, Tensor]] = field(default_factory=list)
 
 
 @torch.no_grad()
 def perplexity(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
 ) -> float:
-    """exp of the mean next-token NLL over every token of ``texts`` (each ``[bos] + text``)."""
+    """exp(mean next-token CE) over ``[bos] + text`` of every text."""
+    pad = tokenizer.pad_token_id if isinstance(tokenizer.pad_token_id, int) else 0
     device = next(model.parameters()).device
-    bos = tokenizer.bos_token_id
     total, count = 0.0, 0
-    for text in texts:
-        ids = list(tokenizer.encode(text, add_special_tokens=False))
-        if isinstance(bos, int):
-            ids = [bos, *ids]
-        if len(ids) < 2:
-            continue
-        x = torch.tensor([ids], device=device)
-        logits = model(input_ids=x).logits[0, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum")
-        total, count = total + float(nll), count + len(ids) - 1
-    if count == 0:
-        raise ValueError("no held-out text has two tokens")
-    return math.exp(total / count)
+    for start in range(0, len(texts), 32):
+        rows = [prompt_ids(tokenizer, t) for t in texts[start : start + 32]]
+        ids, mask, _ = right_padded(rows, pad)
+        labels = ids.masked_fill(mask == 0, -100)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        total += float(
+            F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]),
+                labels[:, 1:].reshape(-1).to(device),
+                ignore_index=-100,
+                reduction="sum",
+            )
+        )
+        count += int((labels[:, 1:] != -100).sum())
+    return math.exp(total / max(count, 1))
 
 
-def flatten(scores: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """``{"reliability/teacher_forced": .., "reliability/generation": .., ...}`` (NaN dropped)."""
-    flat: dict[str, float] = {}
-    for metric, values in scores.items():
-        for way in ("teacher_forced", "generation"):
-            value = float(values[way])
-            if not math.isnan(value):
-                flat[f"{metric}/{way}"] = value
-    return flat
-
-
-def edit_sequentially(
+def run_sequential_edits(
     model: PreTrainedModel,
     original: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     requests: Sequence[EditRequest],
     *,
     method: str,
-    hparams: dict[str, Any] | None,
-    stats: KeyCovarianceStore | None,
-    eval_every: int,
-    metrics: Sequence[str] = METRICS,
-    min_locality: float = 0.0,
-    heldout: Sequence[str] = (),
-    max_perplexity_ratio: float | None = None,
-    on_point: CurveSink | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> SequentialOutcome:
-    """Apply ``requests`` one by one to ``model`` (in place) and measure every ``eval_every``
-    edits and after the last; see the module docstring. ``original`` is never changed."""
-    if eval_every < 1:
-        raise ValueError("eval_every must be at least 1")
-    base_ppl = perplexity(original, tokenizer, heldout) if heldout else None
-    good = copy.deepcopy(model)
-    outcome = SequentialOutcome(model=model, kept=0)
-    for done, request in enumerate(requests, start=1):
-        if should_stop():
-            outcome.stopped = True
-            break
-        apply_edits(model, tokenizer, [request], method=method, hparams=hparams,
-                    mode="sequential", stats=stats)  # fmt: skip
-        if done % eval_every and done != len(requests):
+    hparams: Mapping[str, Any] | None = None,
+    stats: KeyCovarianceStore | None = None,
+    every: int = 10,
+    min_locality: float | None = None,
+    heldout_texts: Sequence[str] = (),
+    max_perplexity: float | None = None,
+    on_point: Callable[[dict[str, Any]], None] | None = None,
+) -> SequentialResult:
+    """Apply ``requests`` one by one to ``model`` (in place); see the module docstring.
+    ``on_point`` receives each curve point as it is measured (for job events)."""
+    if every < 1:
+        raise ValueError("every must be >= 1")
+    curve: list[dict[str, Any]] = []
+    deltas: list[dict[str, Tensor]] = []
+    good = 0
+    snapshot = _codebook_snapshot(model)
+    for count, request in enumerate(requests, start=1):
+        outcome = apply_edits(
+            model,
+            tokenizer,
+            [request],
+            method=method,
+            hparams=hparams,
+            mode="sequential",
+            stats=stats,
+        )
+        deltas.append(outcome.weight_delta)
+        if count % every and count != len(requests):
             continue
-        point = {"edits": float(done)}
-        point.update(flatten(evaluate_edits(model, original, tokenizer, requests[:done],
-                                            metrics=metrics)))  # fmt: skip
-        if base_ppl is not None:
-            point["heldout/perplexity_ratio"] = perplexity(model, tokenizer, heldout) / base_ppl
-        outcome.points.append(point)
+        block_start = good if count % every else count - every
+        point: dict[str, Any] = {
+            "edits": count,
+            "newest": evaluate_edits(model, original, tokenizer, requests[block_start:count]),
+        }
+        if block_start > 0:
+            point["retention"] = evaluate_edits(
+                model, original, tokenizer, requests[:block_start], metrics=["reliability"]
+            )["reliability"]
+        if heldout_texts:
+            point["perplexity"] = perplexity(model, tokenizer, heldout_texts)
+        curve.append(point)
         if on_point is not None:
-            on_point(done, point)
-        reason = _collapse(point, min_locality, max_perplexity_ratio)
+            on_point(point)
+        reason = _collapse(point, min_locality, max_perplexity)
         if reason is not None:
-            outcome.collapsed_at, outcome.reason = done, reason
-            outcome.model = good
-            return outcome
-        good = copy.deepcopy(model)
-        outcome.kept = done
-    outcome.model = good if outcome.stopped else model
-    if not outcome.stopped:
-        outcome.kept = len(requests)
-    return outcome
+            for delta in reversed(deltas[good:]):
+                restore(model, delta)  # also detaches a GRACE codebook ...
+            if snapshot is not None:  # ... which goes back to its last good entries
+                adaptor = attach_grace(model, snapshot[0])
+                adaptor.keys, adaptor.values, adaptor.radii = snapshot[1:4]
+                adaptor.answers = list(snapshot[4])
+            return SequentialResult(curve, good, reason, deltas[:good])
+        good = count
+        snapshot = _codebook_snapshot(model)
+    return SequentialResult(curve, good, None, deltas)
 
 
-def _collapse(point: dict[str, float], min_locality: float, max_ratio: float | None) -> str | None:
-    locality = point.get("locality/teacher_forced")
-    if locality is not None and locality < min_locality:
-        return f"locality {locality:.3f} fell under {min_locality}"
-    ratio = point.get("heldout/perplexity_ratio")
-    if max_ratio is not None and ratio is not None and ratio > max_ratio:
-        return f"held-out perplexity rose {ratio:.2f}x, past {max_ratio}x"
+def _codebook_snapshot(model: PreTrainedModel) -> tuple[Any, ...] | None:
+    """A GRACE codebook's entries changed in place by an edit (radii grow or split), so the
+    last good codebook is kept whole rather than undone entry by entry."""
+    adaptor = find_grace(model)
+    if adaptor is None:
+        return None
+    tensors = (adaptor.keys.clone(), adaptor.values.clone(), adaptor.radii.clone())
+    return (adaptor.layer, *tensors, list(adaptor.answers))
+
+
+def _collapse(
+    point: Mapping[str, Any], min_locality: float | None, max_perplexity: float | None
+) -> str | None:
+    locality = point["newest"]["locality"]["teacher_forced"]
+    if min_locality is not None and locality < min_locality:
+        return f"locality {locality:.3f} fell below {min_locality} after {point['edits']} edits"
+    ppl = point.get("perplexity")
+    if max_perplexity is not None and ppl is not None and ppl > max_perplexity:
+        return (
+            f"held-out perplexity {ppl:.2f} rose past {max_perplexity} after {point['edits']} edits"
+        )
     return None
