@@ -30,6 +30,12 @@ def make_celery() -> Celery:
         task_default_queue="cpu",
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        # A broker restart must not end a worker or its job: reconnect for ever, and keep the
+        # running job going meanwhile (its lease lives in the database, not in the broker; a
+        # redelivered copy of its message is dropped by the claim).
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_serializer="json",

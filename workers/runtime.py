@@ -57,8 +57,8 @@ def add_event(session: Session, job_id: str, level: str, message: str, **data: A
 
 def claim_job(settings: Settings, job_id: str, worker_id: str) -> bool:
     """One atomic UPDATE: only a ``queued`` job is taken, so a redelivered message for a job
-    that a live worker holds (``running``) is dropped. Expired leases go back to ``queued``
-    through the sweeper, which also counts them."""
+    that a live worker holds (``running``) is dropped, with an event saying so. Expired leases
+    go back to ``queued`` through the sweeper, which also counts them."""
 
     def claim(session: Session, attempt: int) -> bool:
         now = utcnow()
@@ -81,6 +81,11 @@ def claim_job(settings: Settings, job_id: str, worker_id: str) -> bool:
             .execution_options(synchronize_session=False),
         )
         if claimed != 1:
+            session.refresh(job)
+            # Said in the job's events, not only the worker log: a redelivered message (visibility
+            # timeout, a sweeper re-send, a duplicate) or one for a job cancelled while queued.
+            add_event(session, job_id, "info",
+                      f"message dropped by {worker_id}: the job is {job.status}")  # fmt: skip
             return False
         session.refresh(job)
         if job.started_at is None:
@@ -160,8 +165,18 @@ class JobRecorder:
         self.url = settings.resolved_database_url
 
     def _unit(self, work: Callable[[Session, int], T], what: str) -> T:
-        return run_unit(self.url, work, deadline_seconds=self.settings.db_retry_seconds,
-                        what=f"{what} of {self.job_id}")  # fmt: skip
+        tries: list[int] = []
+
+        def counted(session: Session, attempt: int) -> T:
+            tries.append(attempt)
+            return work(session, attempt)
+
+        result = run_unit(self.url, counted, deadline_seconds=self.settings.db_retry_seconds,
+                          what=f"{what} of {self.job_id}")  # fmt: skip
+        if len(tries) > 1:  # the outage goes into the job's story, once it is over
+            message = f"database unreachable; the {what} write succeeded on try {len(tries)}"
+            self.event("warn", message, {"write": what, "tries": len(tries)})
+        return result
 
     def metrics(self, points: list[Any]) -> None:
         if not points:

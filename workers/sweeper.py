@@ -54,6 +54,10 @@ def sweep_once(settings: Settings) -> list[str]:
                 .execution_options(synchronize_session=False)
             )
             if rows_updated(session, statement) == 1:
+                waited = int(settings.requeue_after_seconds)
+                add_event(session, job.id, "info",
+                          f"still queued after {waited}s (message lost or no free worker); "
+                          "re-enqueued")  # fmt: skip
                 to_send.append((job.id, job.queue))
     for job_id, queue in to_send:  # after the commit: enqueue only what is recorded
         try:
