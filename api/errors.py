@@ -67,12 +67,58 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+# What every problem+json body holds, so the OpenAPI document can be checked against answers.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
 def problem_responses(*errors: type[ProblemError]) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` entry a route declares for the typed errors it can raise."""
     out: dict[int | str, dict[str, Any]] = {}
     for err in errors:
-        out[err.status] = {"description": err.title, "content": {PROBLEM_JSON: {}}}
+        out[err.status] = {
+            "description": err.title,
+            "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
+        }
     return out
+
+
+def _document_problems(app: FastAPI) -> None:
+    """FastAPI documents every request-validation failure as a 422 ``application/json``
+    ``HTTPValidationError``; ``on_validation`` answers problem+json, and a body that is not
+    JSON at all gets a 400 from ``on_http``. Rewrite the document to say what is sent (an
+    operation that declares its own 400 renders errors its own way and is left alone)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()
+        for item in document.get("paths", {}).values():
+            for operation in item.values():
+                responses = operation.get("responses", {})
+                if not isinstance(responses, dict) or "400" in responses:
+                    continue
+                schema = responses.get("422", {}).get("content", {}).get("application/json", {})
+                if str(schema.get("schema", {}).get("$ref", "")).endswith("/HTTPValidationError"):
+                    responses["422"] = problem_responses(InvalidInput)[422]
+                if "requestBody" in operation:
+                    responses["400"] = {
+                        "description": "Malformed body",
+                        "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
+                    }
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -104,3 +150,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    _document_problems(app)

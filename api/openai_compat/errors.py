@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import ProblemError
+from api.errors import PROBLEM_JSON, ProblemError
 from api.openai_compat.schemas import OpenAIErrorBody
 
 _LOC_SOURCES = ("body", "query", "path", "header", "form")
@@ -136,7 +136,10 @@ def openai_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "Conflict",
         413: "Payload too large",
     }
-    return {
+    out: dict[int | str, dict[str, Any]] = {
         status: {"description": descriptions[status], "model": OpenAIErrorBody}
         for status in statuses
     }
+    if 413 in out:  # the body-size middleware refuses before any route: problem+json there
+        out[413]["content"] = {PROBLEM_JSON: {}}
+    return out

@@ -41,6 +41,7 @@ STATUS = {
     "running": "running",
     # Still running until the worker stops between steps; then "cancelled".
     "cancelling": "running",
+    "pausing": "running",  # until the worker has checkpointed; then "paused"
     "paused": "paused",
     "succeeded": "succeeded",
     "failed": "failed",

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from api.deps import CallerDep, EnqueuesDep, SessionDep, SettingsDep
+from api.idempotency.deps import IdempotencyDep
 from api.openai_compat import service
 from api.openai_compat.errors import OpenAIErrorRoute, openai_error_responses
 from api.openai_compat.mapping import unix
@@ -40,14 +41,15 @@ def _file(row: Dataset) -> FileObject:
     )
 
 
-@router.post("/files", response_model=FileObject, responses=openai_error_responses(400, 413))
+@router.post("/files", response_model=FileObject, responses=openai_error_responses(400, 409, 413))
 def create_file(
     caller: CallerDep,
     session: SessionDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="JSONL: chat messages or prompt/response")],
     purpose: Annotated[str, Form(description="must be 'fine-tune'")],
-) -> FileObject:
+    idempotency: IdempotencyDep,
+) -> Response:
     row = service.create_file(
         session=session,
         settings=settings,
@@ -56,7 +58,7 @@ def create_file(
         purpose=purpose,
         source=file.file,
     )
-    return _file(row)
+    return idempotency.respond(_file(row))
 
 
 @router.get("/files", response_model=FileList, responses=openai_error_responses(400))
@@ -118,7 +120,7 @@ def delete_file(file_id: str, caller: CallerDep, session: SessionDep) -> FileDel
 
 
 @router.post(
-    "/fine_tuning/jobs", response_model=FineTuningJob, responses=openai_error_responses(400)
+    "/fine_tuning/jobs", response_model=FineTuningJob, responses=openai_error_responses(400, 409)
 )
 def create_fine_tuning_job(
     body: CreateFineTuningJob,
@@ -126,7 +128,8 @@ def create_fine_tuning_job(
     session: SessionDep,
     settings: SettingsDep,
     enqueues: EnqueuesDep,
-) -> FineTuningJob:
+    idempotency: IdempotencyDep,
+) -> Response:
     job = service.create_job(
         session=session,
         settings=settings,
@@ -134,7 +137,7 @@ def create_fine_tuning_job(
         project_id=caller.project_id,
         req=body,
     )
-    return service.job_out(session=session, job=job)
+    return idempotency.respond(service.job_out(session=session, job=job))
 
 
 @router.get(
@@ -186,6 +189,36 @@ def cancel_fine_tuning_job(
 ) -> FineTuningJob:
     job = service.cancel_job(
         session=session, project_id=caller.project_id, job_id=fine_tuning_job_id
+    )
+    return service.job_out(session=session, job=job)
+
+
+@router.post(
+    "/fine_tuning/jobs/{fine_tuning_job_id}/pause",
+    response_model=FineTuningJob,
+    responses=openai_error_responses(404, 409),
+)
+def pause_fine_tuning_job(
+    fine_tuning_job_id: str, caller: CallerDep, session: SessionDep
+) -> FineTuningJob:
+    """Queued: paused at once. Running: still ``running`` until the worker has checkpointed."""
+    job = service.pause_job(
+        session=session, project_id=caller.project_id, job_id=fine_tuning_job_id
+    )
+    return service.job_out(session=session, job=job)
+
+
+@router.post(
+    "/fine_tuning/jobs/{fine_tuning_job_id}/resume",
+    response_model=FineTuningJob,
+    responses=openai_error_responses(404, 409),
+)
+def resume_fine_tuning_job(
+    fine_tuning_job_id: str, caller: CallerDep, session: SessionDep, enqueues: EnqueuesDep
+) -> FineTuningJob:
+    """A paused job is queued again and continues from its last checkpoint."""
+    job = service.resume_job(
+        session=session, enqueues=enqueues, project_id=caller.project_id, job_id=fine_tuning_job_id
     )
     return service.job_out(session=session, job=job)
 

@@ -27,6 +27,7 @@ from api.openai_compat.schemas import (
 from models import Checkpoint, Dataset, Job
 
 PURPOSE = "fine-tune"
+FINE_TUNING_KIND = "distill"
 
 
 class FileInUse(Conflict):
@@ -166,12 +167,19 @@ def create_job(
 
 
 def get_job_or_raise(*, session: Session, project_id: str, job_id: str) -> Job:
+    """A fine-tuning job is one of our ``distill`` jobs; edit and inject jobs are not shown."""
     try:
-        return jobs_service.get_or_raise(session=session, project_id=project_id, job_id=job_id)
-    except NotFound as exc:
+        job: Job | None = jobs_service.get_or_raise(
+            session=session, project_id=project_id, job_id=job_id
+        )
+    except NotFound:
+        job = None
+    if job is None or job.kind != FINE_TUNING_KIND:
         raise NotFound(
-            exc.detail, errors=[{"loc": ["path", "fine_tuning_job_id"], "msg": "not found"}]
-        ) from exc
+            f"No fine-tuning job with id '{job_id}' in this project.",
+            errors=[{"loc": ["path", "fine_tuning_job_id"], "msg": "not found"}],
+        )
+    return job
 
 
 def job_out(*, session: Session, job: Job) -> FineTuningJob:
@@ -195,7 +203,7 @@ def list_jobs(
         cursor=after,
         limit=limit,
         status=None,
-        kind=None,
+        kind=FINE_TUNING_KIND,
         metadata=metadata,
     )
     return rows, next_cursor is not None
@@ -204,6 +212,18 @@ def list_jobs(
 def cancel_job(*, session: Session, project_id: str, job_id: str) -> Job:
     get_job_or_raise(session=session, project_id=project_id, job_id=job_id)
     return jobs_service.cancel(session=session, project_id=project_id, job_id=job_id)
+
+
+def pause_job(*, session: Session, project_id: str, job_id: str) -> Job:
+    get_job_or_raise(session=session, project_id=project_id, job_id=job_id)
+    return jobs_service.pause(session=session, project_id=project_id, job_id=job_id)
+
+
+def resume_job(*, session: Session, enqueues: PendingEnqueues, project_id: str, job_id: str) -> Job:
+    get_job_or_raise(session=session, project_id=project_id, job_id=job_id)
+    return jobs_service.resume(
+        session=session, enqueues=enqueues, project_id=project_id, job_id=job_id
+    )
 
 
 def list_events(

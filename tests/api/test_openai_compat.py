@@ -271,6 +271,17 @@ def test_cancel_and_events_newest_first(api, auth, teacher_id, file_id):
     _error(api.client.get(url, headers=auth, params={"after": "x"}), 400, "after")
 
 
+def test_pause_and_resume_a_queued_job(api, auth, teacher_id, file_id):
+    job = _create(api, auth, teacher_id, file_id)
+    url = f"/v1/fine_tuning/jobs/{job['id']}"
+    assert api.client.post(f"{url}/pause", headers=auth).json()["status"] == "paused"
+    assert api.client.get(url, headers=auth).json()["status"] == "paused"
+    assert api.client.post(f"{url}/resume", headers=auth).json()["status"] == "queued"
+    assert _error(api.client.post(f"{url}/resume", headers=auth), 409, None)["code"] == (
+        "job_not_resumable"
+    )
+
+
 def test_missing_job_is_404_naming_the_path_parameter(api, auth):
     for suffix in ("", "/events", "/checkpoints"):
         response = api.client.get(f"/v1/fine_tuning/jobs/job_nope{suffix}", headers=auth)
@@ -327,3 +338,28 @@ def test_delete_refuses_a_file_a_job_uses(api, auth, teacher_id, file_id):
     _error(api.client.get(f"/v1/files/{unused}", headers=auth), 404, "file_id")
     with session_scope(api.database_url) as session:
         assert session.get(Dataset, unused) is None and session.get(Dataset, spare) is not None
+
+
+def test_idempotency_key_replays_a_create_and_refuses_another_body(api, auth, teacher_id, file_id):
+    body = {"model": teacher_id, "training_file": file_id}
+    headers = {**auth, "Idempotency-Key": "nightly-42"}
+    first = api.client.post("/v1/fine_tuning/jobs", headers=headers, json=body)
+    again = api.client.post("/v1/fine_tuning/jobs", headers=headers, json=body)
+    assert first.status_code == again.status_code == 200, again.text
+    assert again.headers["Idempotent-Replayed"] == "true" and again.json() == first.json()
+    assert len(api.client.get("/v1/fine_tuning/jobs", headers=auth).json()["data"]) == 1
+    other = api.client.post("/v1/fine_tuning/jobs", headers=headers, json={**body, "seed": 1})
+    _error(other, 400, "Idempotency-Key")
+
+    upload = {"Idempotency-Key": "upload-1", **auth}
+    files = [_upload_with(api, upload, _chat_lines(2)) for _ in range(2)]
+    assert files[0].json()["id"] == files[1].json()["id"]
+
+
+def _upload_with(api, headers, content: bytes):
+    return api.client.post(
+        "/v1/files",
+        headers=headers,
+        files={"file": ("a.jsonl", content)},
+        data={"purpose": "fine-tune"},
+    )
