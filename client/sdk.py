@@ -166,10 +166,19 @@ class DistillClient:
 
     # -- jobs --------------------------------------------------------------------------------
 
-    def create_job(self, spec: Mapping[str, Any]) -> Json:
-        """Submit a job spec (see DESIGN.md, "A job spec"); returns the job as created."""
-        result: Json = self._request("POST", "/v1/jobs", json=dict(spec))
+    def create_job(self, spec: Mapping[str, Any], *, idempotency_key: str | None = None) -> Json:
+        """Submit a job spec (see DESIGN.md, "A job spec"); returns the job as created. With
+        ``idempotency_key``, a retry of the same request returns the same job, never a second."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        result: Json = self._request("POST", "/v1/jobs", json=dict(spec), headers=headers)
         return result
+
+    def stream_job(self, job_id: str, last_event_id: str | None = None) -> Iterator[Any]:
+        """The job's Server-Sent Events (``StreamMessage``: status, event, metric, end) until
+        it ends; a dropped connection resumes after the last id received."""
+        from client.job_stream import follow_stream
+
+        return follow_stream(self._http, job_id, last_event_id)
 
     def get_job(self, job_id: str) -> Json:
         result: Json = self._request("GET", f"/v1/jobs/{job_id}")
