@@ -27,6 +27,7 @@ from workers.edit_run import run_edit
 from workers.inject_run import run_inject
 from workers.mlflow_logging import MlflowMirror
 from workers.runtime import JobRecorder, LeaseKeeper, LeaseLost, add_event, job_dir
+from workers.student_from_checkpoint import starting_student_dir
 from workers.teacher_work import EventSink, prepare_teacher_cache, seqkd_train_records
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ def build_config(job: Job, settings: Settings, device: str, event: EventSink) ->
             event("info", "sampled teacher cache skipped: it holds targets at temperature 1", {})
             cache = None
     student = resolved["student"]
+    if "from_checkpoint" in student:  # another job's checkpoint weights, as a model directory
+        student = {"path": str(starting_student_dir(settings, job.id, student))}
     route_index = {t["route"]: i for i, t in enumerate(teachers)}
     return RecipeConfig(
         teacher_path=Path(teacher["path"]),
@@ -309,7 +312,9 @@ def _lineage(job: Job) -> dict[str, Any]:
         "data_mode": job.spec["method"]["data_mode"],
         "teacher": {k: resolved["teacher"].get(k) for k in keys},
         "teachers": [{k: t.get(k) for k in keys} for t in teachers],
-        "student_init": resolved["student"].get("init") or resolved["student"].get("id"),
+        "student_init": resolved["student"].get("init")
+        or resolved["student"].get("id")
+        or resolved["student"].get("from_checkpoint"),
         "lora": job.spec["student"].get("lora"),
         "datasets": {name: ds["sha256"] for name, ds in resolved["datasets"].items()},
     }

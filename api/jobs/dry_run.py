@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from api.config import Settings
 from api.errors import InvalidInput
 from api.jobs import estimates
+from api.jobs.checkpoint_start import find_source
 from api.jobs.resolution import resolve_dataset, resolve_distill, resolve_model
 from api.jobs.service import parse_spec, without_dry_run
 from api.jobs.spec import DistillSpec
@@ -45,6 +46,12 @@ def dry_run(*, session: Session, settings: Settings, project_id: str, body: Any)
                 models[role] = resolve_model(session, settings, project_id, ref, loc)
             else:
                 datasets[role] = resolve_dataset(session, settings, project_id, ref, loc)
+        except InvalidInput as exc:
+            _add(problems, exc)
+    source_job = _checkpoint_source(body)
+    if source_job is not None:  # checked on its own too, like the other references
+        try:
+            find_source(session, project_id, source_job)
         except InvalidInput as exc:
             _add(problems, exc)
     resolved: dict[str, Any] | None = None
@@ -102,6 +109,14 @@ def _references(body: Any) -> list[tuple[str, str, str, list[str | int]]]:
     return [r for r in refs if r[2]]
 
 
+def _checkpoint_source(body: Any) -> str | None:
+    student = body.get("student") if isinstance(body, dict) else None
+    model = student.get("model") if isinstance(student, dict) else None
+    source = model.get("from_checkpoint") if isinstance(model, dict) else None
+    job = source.get("job") if isinstance(source, dict) else None
+    return job if isinstance(job, str) and job else None
+
+
 def _describe_model(role: str, resolved: dict[str, Any]) -> dict[str, Any]:
     return {"role": role, "id": resolved.get("id"), "path": resolved.get("path"),
             **estimates.describe_config(estimates.config_of(resolved["path"]))}  # fmt: skip
@@ -122,11 +137,13 @@ def _plan(
     student_config = _student_config(student_ref, teacher_configs[0])
     student = estimates.describe_config(student_config, lora)
     if "path" not in student_ref:  # an init recipe: report the model it would build
-        models.append({"role": "student", "id": None, "path": None,
-                       "init": student_ref.get("init"), **student})  # fmt: skip
+        origin = {k: student_ref.get(k) for k in ("init", "from_checkpoint")}
+        models.append({"role": "student", "id": None, "path": None, **origin, **student})
     loss = spec.method.loss
     own_tokenizer = "path" in student_ref and (loss in CROSS_VOCAB_LOSSES or loss == "ce")
     tokenizer_dir = student_ref["path"] if own_tokenizer else teacher["path"]
+    if "from_checkpoint" in student_ref:
+        tokenizer_dir = student_ref["from_checkpoint"]["tokenizer_path"]
     lengths, rows = _token_lengths(resolved["datasets"]["train"], tokenizer_dir, spec)
     held_out = 0 if spec.dataset.eval else max(1, int(rows * spec.dataset.eval_fraction))
     training = spec.training
@@ -171,6 +188,9 @@ def _plan(
 
 
 def _student_config(student_ref: dict[str, Any], teacher_config: Any) -> Any:
+    if "from_checkpoint" in student_ref:  # the source job's architecture, built from its teacher
+        source_teacher = student_ref["from_checkpoint"]["teacher_path"]
+        return _student_config(student_ref["base"], estimates.config_of(source_teacher))
     if "path" in student_ref:
         return estimates.config_of(student_ref["path"])
     init = student_ref["init"]

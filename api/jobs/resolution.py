@@ -13,7 +13,8 @@ from transformers import LlamaConfig
 from api.config import Settings
 from api.datasets import repository as datasets
 from api.errors import InvalidInput, field_error
-from api.jobs.spec import DistillSpec, ModelInitRef
+from api.jobs.checkpoint_start import resolve_checkpoint_start
+from api.jobs.spec import CheckpointStartRef, DistillSpec, ModelInitRef
 from api.jobs.spec_method import CROSS_VOCAB_LOSSES
 from api.registry import repository as registry
 from api.registry.inspection import inspect_or_reject
@@ -87,8 +88,8 @@ def resolve_distill(
     teachers = _resolve_teachers(session, settings, project_id, spec)
     teacher = teachers[0]  # the primary: its tokenizer and layers shape the student
     student = _resolve_student(session, settings, project_id, spec, teacher)
-    if spec.student.lora is not None:
-        _check_lora_targets(spec, teacher, student)
+    if spec.student.lora is not None:  # a checkpoint start has its source's architecture
+        _check_lora_targets(spec, teacher, student.get("base", student))
     data = {"train": resolve_dataset(session, settings, project_id, spec.dataset.train,
                                      ["body", "dataset", "train"])}  # fmt: skip
     if spec.dataset.eval:
@@ -127,6 +128,8 @@ def _resolve_student(
     teacher: dict[str, Any],
 ) -> dict[str, Any]:
     student_ref = spec.student.model
+    if isinstance(student_ref, CheckpointStartRef):
+        return resolve_checkpoint_start(session, project_id, student_ref, teacher, spec.method.loss)
     if not isinstance(student_ref, ModelInitRef):
         student = resolve_model(
             session, settings, project_id, student_ref, ["body", "student", "model"]

@@ -48,6 +48,19 @@ class ModelInitRef(Strict):
     init: ModelInit
 
 
+class CheckpointSource(Strict):
+    job: str = Field(min_length=1, description="a distill job of this project")
+    step: Annotated[int, Field(ge=0)] | Literal["latest"] = Field(
+        default="latest", description="a checkpointed step of that job, or its newest one"
+    )
+
+
+class CheckpointStartRef(Strict):
+    """Start the student from another job's verified checkpoint weights (docs/SPEC.md)."""
+
+    from_checkpoint: CheckpointSource
+
+
 class TeacherSpec(Strict):
     model: str = Field(min_length=1, description="registered model id, or an allowed local path")
     weight: float = Field(default=1.0, ge=0, description="mixture weight among `teachers`")
@@ -71,7 +84,7 @@ class LoraSpec(Strict):
 
 
 class StudentSpec(Strict):
-    model: str | ModelInitRef = Field(
+    model: str | ModelInitRef | CheckpointStartRef = Field(
         default_factory=lambda: ModelInitRef(init=ModelInit(from_teacher_layers="every_2nd"))
     )
     lora: LoraSpec | None = None

@@ -14,6 +14,8 @@ A checkpoint is written into a hidden temporary sibling and renamed into place, 
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import random
@@ -97,6 +99,17 @@ def python_random_state_from_json(value: list[Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
+class CheckpointDiskFull(OSError):
+    """The checkpoint's filesystem is full (ENOSPC). Its message names ENOSPC and the step."""
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    # safetensors raises its own error type (not an OSError) that carries the OS error text.
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return "No space left on device" in str(exc) or "os error 28" in str(exc)
+
+
 def write_checkpoint(
     checkpoint_dir: Path,
     step: int,
@@ -116,13 +129,24 @@ def write_checkpoint(
     if temporary.exists():
         shutil.rmtree(temporary)
     temporary.mkdir()
-    save_model(model, str(temporary / MODEL_FILE))
-    tensors, meta = _optimizer_to_flat(optimizer)
-    save_file(tensors, str(temporary / OPTIMIZER_TENSORS_FILE))
-    (temporary / OPTIMIZER_META_FILE).write_text(json.dumps(meta), encoding="utf-8")
-    state = dict(trainer_state, python_random=python_random_state_to_json())
-    (temporary / TRAINER_STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
-    save_file(_rng_tensors(), str(temporary / RNG_FILE))
+    try:
+        save_model(model, str(temporary / MODEL_FILE))
+        tensors, meta = _optimizer_to_flat(optimizer)
+        save_file(tensors, str(temporary / OPTIMIZER_TENSORS_FILE))
+        (temporary / OPTIMIZER_META_FILE).write_text(json.dumps(meta), encoding="utf-8")
+        state = dict(trainer_state, python_random=python_random_state_to_json())
+        (temporary / TRAINER_STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+        save_file(_rng_tensors(), str(temporary / RNG_FILE))
+    except Exception as exc:
+        # Half a checkpoint is never left behind, and earlier checkpoints are not touched.
+        shutil.rmtree(temporary, ignore_errors=True)
+        if _is_disk_full(exc):
+            raise CheckpointDiskFull(
+                errno.ENOSPC,
+                f"ENOSPC: no space left on device writing the checkpoint of step {step} under "
+                f"{checkpoint_dir}; the partial write was removed, earlier checkpoints are intact",
+            ) from exc
+        raise
     if final.exists():
         # Re-running a step after a resume rewrites its checkpoint with identical content.
         shutil.rmtree(final)
@@ -155,6 +179,20 @@ def read_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: Optimizer)
     if (path / RNG_FILE).is_file():
         _restore_rng(load_file(str(path / RNG_FILE)))
     return state
+
+
+def directory_sha256(path: Path) -> tuple[str, int]:
+    """(sha256, bytes) over every file under ``path``: relative names and contents, sorted by
+    name. A checkpoint's identity: the worker records it, and whoever reads the checkpoint
+    again (a resume, a job started from it) recomputes it first."""
+    digest, size = hashlib.sha256(), 0
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
