@@ -94,6 +94,7 @@ class Served:
     teacher_id: str
     dataset_id: str
     dataset_name: str
+    stack: Stack
 
     def spec(self, *, name: str, loss: str = "fkl", **training: Any) -> dict[str, Any]:
         return {
@@ -131,7 +132,7 @@ def served(
             dataset = api.call("POST", "/v1/datasets", 201, files={"file": (data.name, fh)})
         teacher = api.call("POST", "/v1/models", 201, json={"path": str(tiny_teacher),
                                                             "name": "tiny-teacher"})  # fmt: skip
-        yield Served(stack.url, api, teacher["id"], dataset["id"], dataset["name"])
+        yield Served(stack.url, api, teacher["id"], dataset["id"], dataset["name"], stack)
     except BaseException:
         print(stack.logs())
         raise
@@ -183,8 +184,17 @@ class Browser:
         return path
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def browser(browser_context: Any, served: Served, artifacts: Path) -> Iterator[Browser]:
+def browser(
+    request: pytest.FixtureRequest, browser_context: Any, served: Served, artifacts: Path
+) -> Iterator[Browser]:
     page = browser_context.new_page()
     page.set_default_timeout(30_000)
     errors: list[str] = []
@@ -197,6 +207,11 @@ def browser(browser_context: Any, served: Served, artifacts: Path) -> Iterator[B
     page.on("console", on_console)
     # window.confirm() of the cancel button: accepted, as a person clicking OK.
     page.on("dialog", lambda dialog: dialog.accept())
-    yield Browser(page, served, artifacts, errors)
+    browser = Browser(page, served, artifacts, errors)
+    yield browser
+    call = getattr(request.node, "rep_call", None)
+    if call is not None and call.failed:
+        browser.screenshot(f"FAILED-{request.node.name}")
+        print(served.stack.logs())  # the service's side of the failure
     page.close()
     assert not errors, errors

@@ -7,7 +7,8 @@ import { fmtBytes, fmtDuration, fmtNumber, fmtTime, h, replace, shortHash, statu
 import { JobLive, TERMINAL, stepRateAndEta } from "../job_live.js";
 import { jobMethod } from "./jobs.js";
 
-const LOSS_KEYS = ["train/loss", "train/loss_kd", "train/loss_ce"];
+// The cross-entropy part sits on another scale than the KD loss, so it has its own chart.
+const LOSS_KEYS = ["train/loss", "train/loss_kd"];
 const PAUSABLE = new Set(["queued", "running"]);
 
 function stat(label, value, id) {
@@ -99,7 +100,8 @@ export function renderJob({ view }, jobId) {
     const evalScores = evalKeys.filter((k) => !k.endsWith("loss"));
     const toSeries = (keys) => keys.map((key) => ({ label: key, points: live.series(key).map((p) => [p.step, p.value]) }));
     replace(charts,
-      h("div", { class: "card", id: "loss-chart" }, lineChart(toSeries(LOSS_KEYS), { title: "Training loss" })),
+      h("div", { class: "card", id: "loss-chart" }, lineChart(toSeries(LOSS_KEYS), { title: "Training loss" }),
+        live.metrics.has("train/loss_ce") ? lineChart(toSeries(["train/loss_ce"]), { title: "Cross-entropy on the data (train/loss_ce)", height: 160 }) : null),
       h("div", { class: "card", id: "eval-chart" },
         lineChart(toSeries([...evalLoss, "train/loss"].filter((k) => live.metrics.has(k))), { title: "Held-out loss (eval/*) against train/loss", empty: "No evaluation yet (the job evaluates at eval_every and at the end)." }),
         evalScores.length ? lineChart(toSeries(evalScores), { title: "Held-out scores", height: 180 }) : null),
