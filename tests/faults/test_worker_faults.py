@@ -1,5 +1,6 @@
 """Worker faults on the real stack (PostgreSQL, Redis, a uvicorn API, separate `celery worker`
-processes): a worker SIGKILLed mid-job, the same message delivered twice."""
+processes): a worker SIGKILLed mid-job, the same message delivered twice, the Redis visibility
+timeout passing while a long job runs."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from collections import Counter
 import pytest
 from celery import Celery
 
+from tests.faults.checks import assert_metrics_exact, claims, event_messages
 from tests.support.api_client import TERMINAL, distill_spec
+from tests.support.servers import fresh_postgres_database, fresh_redis_url, require_real_stack
 from tests.support.stack import wait_until
+from tests.support.stack_fixtures import start_real_stack
 from workers.celery_app import DISTILL_TASK
 
 pytestmark = pytest.mark.realstack
@@ -64,14 +68,37 @@ def test_duplicate_message_runs_the_job_once(real_stack, tiny_teacher, jsonl_fil
     assert len(claims) == 1
 
 
-def test_cancel_running_job_stops_between_steps(real_stack, tiny_teacher, jsonl_file):
-    stack, api, _ = real_stack
-    teacher, dataset = api.register(tiny_teacher), api.upload_dataset(jsonl_file)
-    spec = distill_spec(teacher, dataset, max_steps=2000, checkpoint_every=0)
-    job_id = api.call("POST", "/v1/jobs", 201, json=spec)["id"]
-    stack.start_worker()
-    wait_until(lambda: api.job(job_id)["progress"]["step"] >= 2, timeout=180, what="progress")
-    assert api.call("POST", f"/v1/jobs/{job_id}/cancel")["status"] == "cancelling"
-    job = api.wait_status(job_id, TERMINAL, timeout=60)
-    assert job["status"] == "cancelled" and job["progress"]["step"] < 2000
-    assert any(e["message"].startswith("cancelled at step") for e in api.events(job_id))
+def test_visibility_timeout_redelivery_runs_the_job_once(
+    tmp_path, model_root, stack_logs, tiny_teacher, jsonl_file
+):
+    """A visibility timeout of 3 s, far below the job's length: Redis hands the unacknowledged
+    message of the running job to a second, idle worker. The claim drops it (the job is
+    running under a live lease), says so in the job's events, and the job runs once."""
+    require_real_stack()
+    with fresh_postgres_database() as database_url:
+        stack, api = start_real_stack(
+            tmp_path, model_root, stack_logs, database_url=database_url,
+            broker_url=fresh_redis_url(), DISTILL_VISIBILITY_TIMEOUT_SECONDS="3",
+        )  # fmt: skip
+        teacher, dataset = api.register(tiny_teacher), api.upload_dataset(jsonl_file)
+        spec = distill_spec(teacher, dataset, max_steps=400, checkpoint_every=0)
+        job_id = api.call("POST", "/v1/jobs", 201, json=spec)["id"]
+        stack.start_worker("worker-a")
+        api.wait_status(job_id, ("running",), timeout=240)
+        stack.start_worker("worker-b")
+
+        def redelivered_while_running() -> str | None:
+            dropped = [m for m in event_messages(api, job_id) if m.startswith("message dropped")]
+            return dropped[0] if dropped else None
+
+        dropped = wait_until(redelivered_while_running, timeout=180, what="the redelivery")
+        assert dropped.endswith("the job is running"), dropped
+        (claim,) = claims(api, job_id)
+        claimer = claim.split()[2]
+        assert claimer not in dropped, "the redelivery went to the worker that runs the job"
+
+        job = api.wait_status(job_id, TERMINAL, timeout=400)
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] == 1 and len(claims(api, job_id)) == 1
+        assert_metrics_exact(api, job_id, 400)
+        stack.stop()
