@@ -62,6 +62,40 @@ def _check_documents(documents: Sequence[str]) -> None:
             raise InjectionInputError(f"documents[{i}]", "must be a non-empty string")
 
 
+def _check_lengths(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    method: str,
+    documents: Sequence[str],
+    pairs: Sequence[QAPair],
+) -> None:
+    """Every row the method will feed must fit the model's positions; the longest is a
+    document (``sft_docs``) or a document followed by a question (the teacher's row)."""
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None
+    )
+    if not isinstance(limit, int):
+        return
+    for i, pair in enumerate(pairs):
+        document = documents[pair.document] if pair.document is not None else None
+        context = document if method == "prompt_distillation" else None
+        length = len(
+            text_answer_row(tokenizer, pair.question, pair.answer, document=context).input_ids
+        )
+        if length > limit:
+            field = f"documents[{pair.document}]" if context is not None else f"qa_pairs[{i}]"
+            raise InjectionInputError(
+                field, f"{length} tokens with its question; the model reads at most {limit}"
+            )
+    if method == "sft_docs":
+        for i, row in enumerate(document_rows(tokenizer, documents)):
+            if len(row.input_ids) > limit:
+                raise InjectionInputError(
+                    f"documents[{i}]",
+                    f"{len(row.input_ids)} tokens; the model reads at most {limit}",
+                )
+
+
 def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     pad = tokenizer.pad_token_id
     if isinstance(pad, int):
@@ -165,6 +199,7 @@ def run_injection(
     for i, pair in enumerate(pairs):
         if not tokenizer.encode(pair.answer, add_special_tokens=False):
             raise InjectionInputError(f"qa_pairs[{i}].answer", "the answer has no tokens")
+    _check_lengths(model, tokenizer, method, documents, pairs)
     pad_id = _pad_id(tokenizer)
     torch.manual_seed(settings.seed)
     student = apply_lora(model, lora_settings)

@@ -132,6 +132,11 @@ def test_sampled_answers_come_from_the_document_reading_teacher(
         ({"documents": []}, "documents"),
         ({"documents": ["Ana was born in Lumo.", ""]}, "documents[1]"),
         ({"qa_pairs": [QAPair("Ana was born in", " Lumo", 9)]}, "qa_pairs[0].document"),
+        ({"documents": ["Ana Rel was born in Lumo. " * 12]}, "documents[0]"),
+        (
+            {"method": "sft_docs", "documents": ["x", "Ana Rel was born in Lumo. " * 12]},
+            "documents[1]",
+        ),
     ],
 )
 def test_bad_inputs_name_the_field_and_train_nothing(
