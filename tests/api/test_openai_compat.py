@@ -363,3 +363,15 @@ def _upload_with(api, headers, content: bytes):
         files={"file": ("a.jsonl", content)},
         data={"purpose": "fine-tune"},
     )
+
+
+def test_a_refused_request_rolls_back_so_its_key_can_be_retried(api, auth, teacher_id, file_id):
+    """The error travels through the session dependency: the Idempotency-Key row inserted at
+    the start of the failed request is rolled back, so the corrected retry goes through."""
+    headers = {**auth, "Idempotency-Key": "retry-me"}
+    bad = {"model": teacher_id, "training_file": "ds_missing"}
+    _error(api.client.post("/v1/fine_tuning/jobs", headers=headers, json=bad), 400, "training_file")
+    good = {"model": teacher_id, "training_file": file_id}
+    response = api.client.post("/v1/fine_tuning/jobs", headers=headers, json=good)
+    assert response.status_code == 200, response.text
+    assert "Idempotent-Replayed" not in response.headers
