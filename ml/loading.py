@@ -29,6 +29,9 @@ from transformers import (
 from ml.data.tokenizer import tokenizer_sha256
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# A GRACE-edited model (ml.editing.grace) is its plain weights plus this codebook, re-attached
+# on load; it counts in the weights hash, so the edited model never passes for its base.
+GRACE_CODEBOOK = "grace_codebook.safetensors"
 
 
 class UnsafeModelError(ValueError):
@@ -76,6 +79,11 @@ def load_causal_lm(
         trust_remote_code=False,
         local_files_only=True,
     )
+    codebook = Path(path) / GRACE_CODEBOOK
+    if codebook.is_file():
+        from ml.editing.grace import load_codebook  # editing imports loading's neighbours
+
+        load_codebook(model, codebook)
     model.to(device)  # type: ignore[arg-type]  # transformers wraps .to in a decorator
     model.eval()
     return model

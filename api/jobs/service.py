@@ -13,7 +13,9 @@ from api.enqueue import PendingEnqueues
 from api.errors import Conflict, InvalidInput, NotFound, field_error
 from api.jobs import repository
 from api.jobs.resolution import resolve_distill
+from api.jobs.resolution_edit import resolve_edit, resolve_inject
 from api.jobs.spec import JOB_KINDS, DistillSpec
+from api.jobs.spec_edit import EditSpec, InjectSpec
 from api.webhooks.outbox import job_status_changed
 from models import Checkpoint, Job, JobEvent, Metric, new_id, utcnow
 
@@ -32,17 +34,24 @@ class JobNotResumable(Conflict):
     title = "Job not resumable"
 
 
-def parse_spec(body: Any) -> DistillSpec:
+JobSpec = DistillSpec | EditSpec | InjectSpec
+SPEC_MODELS: dict[str, type[DistillSpec] | type[EditSpec] | type[InjectSpec]] = {
+    "distill": DistillSpec,
+    "edit": EditSpec,
+    "inject": InjectSpec,
+}
+
+
+def parse_job_spec(body: Any) -> JobSpec:
+    """The spec of any kind, parsed strictly; errors name every bad field path."""
     body = without_dry_run(body)
     if not isinstance(body, dict):
         raise field_error(["body"], "the job spec must be a JSON object")
     kind = body.get("kind")
     if kind not in JOB_KINDS:
         raise field_error(["body", "kind"], f"must be one of {', '.join(JOB_KINDS)}")
-    if kind != "distill":
-        raise field_error(["body", "kind"], f"'{kind}' jobs are not available yet; use 'distill'")
     try:
-        return DistillSpec.model_validate(body)
+        return SPEC_MODELS[kind].model_validate(body)
     except ValidationError as exc:
         errors = [
             {"loc": ["body", *err["loc"]], "msg": err["msg"].removeprefix("Value error, ")}
@@ -51,6 +60,26 @@ def parse_spec(body: Any) -> DistillSpec:
         first = errors[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInput(f"{where}: {first['msg']}", errors=errors) from exc
+
+
+def parse_spec(body: Any) -> DistillSpec:
+    """A distill spec (the dry run's estimates are for distillation jobs)."""
+    spec = parse_job_spec(body)
+    if not isinstance(spec, DistillSpec):
+        raise field_error(
+            ["body", "kind"], f"a dry run estimates 'distill' jobs, not '{spec.kind}'"
+        )
+    return spec
+
+
+def resolve_job_spec(
+    session: Session, settings: Settings, project_id: str, spec: JobSpec
+) -> dict[str, Any]:
+    if isinstance(spec, EditSpec):
+        return resolve_edit(session, settings, project_id, spec)
+    if isinstance(spec, InjectSpec):
+        return resolve_inject(session, settings, project_id, spec)
+    return resolve_distill(session, settings, project_id, spec)
 
 
 def without_dry_run(body: Any) -> Any:
@@ -77,8 +106,8 @@ def create(
     project_id: str,
     body: Any,
 ) -> Job:
-    spec = parse_spec(body)
-    resolved = resolve_distill(session, settings, project_id, spec)
+    spec = parse_job_spec(body)
+    resolved = resolve_job_spec(session, settings, project_id, spec)
     now = utcnow()
     job = Job(
         id=new_id("job"),

@@ -10,6 +10,8 @@ from pydantic import Field, model_validator
 
 from api.jobs.spec import LoraSpec, ResourcesSpec
 from api.jobs.spec_method import Strict
+from ml.injection.params import resolve_params
+from ml.injection.qa import InjectionInputError
 
 EDIT_METHODS = ("ft", "rome", "memit", "grace")
 EditMetric = Literal["reliability", "generalization", "locality", "portability"]
@@ -76,17 +78,21 @@ class EditSpec(Strict):
         return self
 
 
-class InjectTrainingSpec(Strict):
-    steps: int = Field(default=300, ge=1, le=1_000_000)
-    batch_size: int = Field(default=16, ge=1, le=4096)
-    lr: float = Field(default=1e-3, gt=0, le=1)
-    max_length: int = Field(default=256, ge=8, le=32768)
-    seed: int = 0
-
-
 class InjectMethodSpec(Strict):
     name: Literal["prompt_distillation", "sft_docs", "sft_qa"] = "prompt_distillation"
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="steps, lr, batch_size, seed, warmup_steps, max_grad_norm; and for "
+        "prompt_distillation loss, temperature, answers, samples_per_question, …",
+    )
+
+    @model_validator(mode="after")
+    def _known_params(self) -> InjectMethodSpec:
+        try:
+            resolve_params(self.name, self.params)  # the worker's own check, so both agree
+        except InjectionInputError as error:
+            raise ValueError(f"{error.field}: {error.message}") from error
+        return self
 
 
 class InjectSpec(Strict):
@@ -104,6 +110,7 @@ class InjectSpec(Strict):
         default=None, description="dataset id of held-out questions (prompt/response)"
     )
     method: InjectMethodSpec = Field(default_factory=InjectMethodSpec)
-    lora: LoraSpec | None = Field(default_factory=LoraSpec)
-    training: InjectTrainingSpec = Field(default_factory=InjectTrainingSpec)
+    lora: LoraSpec | None = Field(
+        default=None, description="null: r=16, alpha=32 on the attention projections present"
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)

@@ -151,12 +151,17 @@ def test_inject_job_defaults_and_dataset_roles(api, auth, refs):
     assert response.status_code == 201, response.text
     stored = response.json()["spec"]
     assert stored["method"]["name"] == "prompt_distillation"
-    assert stored["lora"]["r"] == 16  # LoRA by default
+    assert stored["lora"] is None  # the default adapter, chosen by the worker for the model
 
     wrong = {**spec, "documents": refs["train"]}
     response = api.client.post("/v1/jobs", headers=auth, json=wrong)
     assert response.status_code == 422
     assert response.json()["errors"][0]["loc"] == ["body", "documents"]
+
+    wrong = {**spec, "method": {"name": "sft_docs", "params": {"temperature": 2.0}}}
+    response = api.client.post("/v1/jobs", headers=auth, json=wrong)
+    assert response.status_code == 422
+    assert "method.params.temperature" in response.json()["errors"][0]["msg"]
 
     wrong = {**spec, "eval": refs["documents"]}
     response = api.client.post("/v1/jobs", headers=auth, json=wrong)
