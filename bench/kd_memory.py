@@ -3,6 +3,10 @@
     .venv/bin/python bench/kd_memory.py                   # CPU, vocab 32000 and 50257
     .venv/bin/python bench/kd_memory.py --device cuda     # torch.cuda.max_memory_allocated
 
+Peak memory *and* time of the step; every configuration of a vocabulary runs ``--repeats``
+times, interleaved (plain, chunked..., then reversed), and the medians are compared to the
+plain path's (ratios printed; JSON in ``bench/results/kd_memory.json``).
+
 Each configuration runs in a fresh subprocess. The inputs — student hidden states
 ``(batch, seq, hidden)`` and lm head ``(vocab, hidden)`` with gradients, the teacher's likewise
 without — are built first; the figure is the peak *above* that point: on CPU the growth of
@@ -19,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -119,6 +124,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--method", default="fkl")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "kd_memory.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=("plain", "chunked"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -129,18 +136,48 @@ def main() -> None:
 
     print(
         f"KD loss ({args.method}) forward+backward, batch {args.batch}, seq {args.seq}, "
-        f"hidden {args.hidden}, device {args.device}; peak memory above the inputs"
+        f"hidden {args.hidden}, device {args.device}; peak memory above the inputs; "
+        f"median of {args.repeats} interleaved repeats (seconds: min-max)"
     )
-    print(f"{'vocab':>6} {'path':<14} {'peak MiB':>9} {'seconds':>8} {'chunked/plain':>14}")
+    print(
+        f"{'vocab':>6} {'path':<14} {'peak MiB':>9} {'seconds':>8} {'(spread)':>13} "
+        f"{'mem/plain':>9} {'time/plain':>10}"
+    )
+    table = []
     for vocab in args.vocab:
-        plain = _run_one(args, vocab, "plain", 0)
-        print(_row(vocab, "plain", plain, None))
-        for chunk in args.chunk_tokens:
-            result = _run_one(args, vocab, "chunked", chunk)
-            if isinstance(plain, dict) and isinstance(result, dict):
+        configs = [("plain", 0)] + [("chunked", c) for c in args.chunk_tokens]
+        runs: dict[tuple[str, int], list[dict[str, float] | str]] = {c: [] for c in configs}
+        for repeat in range(args.repeats):  # interleaved, order reversed every other repeat
+            for config in configs if repeat % 2 == 0 else configs[::-1]:
+                runs[config].append(_run_one(args, vocab, *config))
+        plain = _median(runs[("plain", 0)])
+        for mode, chunk in configs:
+            result = _median(runs[(mode, chunk)])
+            if mode == "chunked" and isinstance(plain, dict) and isinstance(result, dict):
                 if abs(result["loss"] - plain["loss"]) > 1e-4 * max(1.0, abs(plain["loss"])):
                     raise SystemExit(f"chunked loss {result['loss']} != plain {plain['loss']}")
-            print(_row(vocab, f"chunked {chunk}", result, plain))
+            label = "plain" if mode == "plain" else f"chunked {chunk}"
+            print(_row(vocab, label, result, None if mode == "plain" else plain))
+            table.append({"vocab": vocab, "path": label, "result": result})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("worker", "mode", "out")}
+    args.out.write_text(json.dumps({"settings": settings, "table": table}, indent=2) + "\n")
+
+
+def _median(results: list[dict[str, float] | str]) -> dict[str, float] | str:
+    """Median peak and time over the repeats, with the time's spread; a failure wins."""
+    failed = [r for r in results if isinstance(r, str)]
+    if failed:
+        return failed[0]
+    done = [r for r in results if isinstance(r, dict)]
+    seconds = [r["seconds"] for r in done]
+    return {
+        "peak_bytes": statistics.median(r["peak_bytes"] for r in done),
+        "seconds": statistics.median(seconds),
+        "seconds_min": min(seconds),
+        "seconds_max": max(seconds),
+        "loss": done[0]["loss"],
+    }
 
 
 def _row(
@@ -148,11 +185,16 @@ def _row(
 ) -> str:
     if isinstance(result, str):
         return f"{vocab:>6} {label:<14} {result}"
-    line = f"{vocab:>6} {label:<14} {result['peak_bytes'] / 2**20:>9.0f} {result['seconds']:>8.2f}"
+    spread = f"({result['seconds_min']:.2f}-{result['seconds_max']:.2f})"
+    line = (
+        f"{vocab:>6} {label:<14} {result['peak_bytes'] / 2**20:>9.0f} "
+        f"{result['seconds']:>8.2f} {spread:>13}"
+    )
     if isinstance(plain, dict):
-        line += f" {result['peak_bytes'] / max(plain['peak_bytes'], 1.0):>14.3f}"
+        line += f" {result['peak_bytes'] / max(plain['peak_bytes'], 1.0):>9.3f}"
+        line += f" {result['seconds'] / plain['seconds']:>10.2f}"
     elif plain is not None:
-        line += f" {'(plain failed)':>14}"
+        line += f" {'(plain failed)':>20}"
     return line
 
 

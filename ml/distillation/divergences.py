@@ -26,9 +26,14 @@ AKL_EPS = 1e-12
 def kl(log_a: Tensor, log_b: Tensor) -> Tensor:
     """``KL(a || b)`` over the last dim from log-probabilities ``(..., vocab)`` -> ``(...)``.
 
-    Written out rather than with ``F.kl_div``, whose argument order is the reverse of the
-    papers'. Entries with ``a_v = 0`` contribute 0 (and a zero, not NaN, gradient).
+    Entries with ``a_v = 0`` contribute 0 (and a zero, not NaN, gradient). ``F.kl_div`` takes
+    its arguments the other way round from the papers (``input`` is ``log b``); it is used only
+    when ``log_a`` has no ``-inf`` (then ``a_v = 0`` only by underflow, where its ``0 * finite``
+    is already 0): it is about 20 % faster than the guarded form (bench/throughput.py), which
+    handles the rest.
     """
+    if not bool(torch.isneginf(log_a).any()):
+        return F.kl_div(log_b, log_a, log_target=True, reduction="none").sum(dim=-1)
     a = log_a.exp()
     difference = torch.where(a > 0, log_a - log_b, torch.zeros_like(log_a))
     return (a * difference).sum(dim=-1)
@@ -264,8 +269,10 @@ def token_divergence(
     ``params`` must be complete and validated (see ``losses.resolve_kd_params``); ``hard``
     (``(...)`` bool) is required for ``atkd``.
     """
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    # At T = 1 the division would be a full (tokens, vocab) pass, and its backward another.
+    scale = (lambda z: z) if temperature == 1.0 else (lambda z: z / temperature)
+    log_q = F.log_softmax(scale(student_logits.float()), dim=-1)
+    log_p = F.log_softmax(scale(teacher_logits.float()), dim=-1)
     if method == "fkl":
         value = forward_kl(log_q, log_p)
     elif method == "rkl":
@@ -295,4 +302,4 @@ def token_divergence(
         value = taid_divergence(log_q, log_p, t=params["t"])
     else:
         raise ValueError(f"unknown KD method {method!r}")
-    return value * temperature**2
+    return value if temperature == 1.0 else value * temperature**2

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -113,9 +114,11 @@ class StepLosses:
             )  # fmt: skip
             return ce_sum, kd_sum, 0.0
         logits = student(**inputs).logits[:, :-1]
-        ce_sum = ce_loss(logits, labels, reduction="sum")
         if cfg.loss == "ce":
-            return ce_sum, None, 0.0
+            return ce_loss(logits, labels, reduction="sum"), None, 0.0
+        # With alpha_ce 0 the CE sum is only a metric: no graph, so no backward through it.
+        with contextlib.nullcontext() if cfg.alpha_ce else torch.no_grad():
+            ce_sum = ce_loss(logits, labels, reduction="sum")
         if self.signal.cache is not None:
             token_ids, weights = self.signal.sparse_targets(indices, logits.device)
             entropy = None
