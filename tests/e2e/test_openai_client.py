@@ -122,11 +122,12 @@ def test_openai_client_drives_files_and_fine_tuning_jobs(
     assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(distilled.id)] == [5]
 
     events = list(client.fine_tuning.jobs.list_events(distilled.id, limit=3))
-    messages = [e.message for e in events]  # newest first, every page followed
-    assert messages[0] == "student saved and registered" and messages[-1] == (
-        "job validated and queued"
-    )
-    assert "setup done" in messages and all(e.object == "fine_tuning.job.event" for e in events)
+    numbers = [int(e.id.removeprefix("ftevent-")) for e in events]
+    assert numbers == sorted(numbers, reverse=True)  # newest first, every page followed
+    messages = [e.message for e in events]
+    assert messages[-1] == "job validated and queued"
+    assert {"setup done", "student saved and registered"} <= set(messages)
+    assert all(e.object == "fine_tuning.job.event" for e in events)
 
     assert client.fine_tuning.jobs.retrieve(doomed.id).status == "cancelled"
 
