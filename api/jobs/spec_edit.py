@@ -10,6 +10,8 @@ from pydantic import Field, model_validator
 
 from api.jobs.spec import LoraSpec, ResourcesSpec
 from api.jobs.spec_method import Strict
+from ml.editing.apply import parse_hparams
+from ml.editing.locate import EditingError
 from ml.injection.params import resolve_params
 from ml.injection.qa import InjectionInputError
 
@@ -24,6 +26,15 @@ class EditMethodSpec(Strict):
     params: dict[str, Any] = Field(
         default_factory=dict, description="the method's hyper-parameters (docs/SPEC.md)"
     )
+
+    @model_validator(mode="after")
+    def _known_params(self) -> EditMethodSpec:
+        try:
+            parse_hparams(self.name, self.params)  # the worker's own parser, so both agree
+        except (EditingError, TypeError) as error:
+            field = getattr(error, "field", "method.params")
+            raise ValueError(f"{field}: {getattr(error, 'message', error)}") from error
+        return self
 
 
 class KeyStatsSpec(Strict):

@@ -117,6 +117,7 @@ def test_edit_job_is_created_with_its_resolution(api, auth, refs):
         ({"method": {"name": "memit", "params": {"layers": "1"}}},
          ["method", "params", "layers"], "list of integers"),
         ({"method": {"name": "rome"}, "stats": None}, [], "stats.corpus"),
+        ({"method": {"name": "rome", "params": {"lr": 1}}}, ["method"], "method.params.lr"),
         ({"method": {"name": "paint"}}, ["method", "name"], ""),
         ({"mode": "single"}, ["mode"], "applies one edit"),
         ({"requests": "TRAIN"}, ["requests"], "edit_requests"),
