@@ -201,6 +201,12 @@ def test_jobs_list_filters_searches_and_renders_names_as_text(browser: Browser) 
     page.click("#page-prev")
     wait_until(lambda: ids() == first_page, timeout=30, what="page 1 again")
 
+    # The list refreshes itself: a job made elsewhere shows up with no click.
+    newer = served.api.create_job(served.spec(name="made-elsewhere", max_steps=100_000))
+    served.api.call("POST", f"/v1/jobs/{newer}/cancel")
+    wait_until(lambda: newer in ids(), timeout=30, what="the auto-refresh to show the new job")
+    served.api.wait_status(newer, ("cancelled",), timeout=120)
+
 
 def test_page_modules_parse_sse_chunks_and_find_yaml_lines(browser: Browser) -> None:
     """The SSE parser and the YAML line finder, run as the page runs them (real Chromium)."""
