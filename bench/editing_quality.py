@@ -33,20 +33,24 @@ from ml.editing.covariance import KeyCovarianceStore
 from ml.editing.disco import disco_next_token_logits
 from ml.editing.metrics import METRICS, evaluate_edits
 from ml.editing.requests import EditRequest, parse_edit_requests
+from ml.editing.sequential import run_sequential_edits
 from ml.loading import load_causal_lm, load_tokenizer, weights_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = ROOT / "bench" / ".cache" / "editing"
 RESULTS = ROOT / "bench" / "results" / "editing_quality.json"
-METHODS = ("rome", "memit", "ft", "grace")
-SEQUENTIAL_METHODS = ("ft", "memit", "grace")
-# Settings chosen for the 4-layer facts model (see docs/BENCHMARKS.md "Knowledge editing").
-HPARAMS: dict[str, dict[str, Any]] = {
-    "rome": {"layer": 1},
-    "memit": {"layers": [0, 1, 2], "mom2_weight": 10.0},
-    "ft": {"layers": [1], "steps": 30, "lr": 5e-3, "max_change": 5e-3},
-    "grace": {"layer": 2, "init_radius": 1.0},
+# label -> (method, params), chosen on the 4-layer facts model (docs/BENCHMARKS.md "Knowledge
+# editing"): layer 0's MLP is where a single-layer edit took; MEMIT is run over layers 0-1 (the
+# method as published) and on layer 0 alone.
+CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "rome": ("rome", {"layer": 0}),
+    "memit": ("memit", {"layers": [0, 1], "mom2_weight": 10.0}),
+    "memit@0": ("memit", {"layers": [0], "mom2_weight": 10.0}),
+    "ft": ("ft", {"layers": [0], "steps": 30, "lr": 5e-3, "max_change": 5e-3}),
+    "grace": ("grace", {"layer": 2, "init_radius": 1.0}),
 }
+METHODS = tuple(CONFIGS)
+SEQUENTIAL_METHODS = ("ft", "memit@0", "grace")
 DISCO = {"alpha": 1.0, "beta": 0.1}
 
 
@@ -85,8 +89,8 @@ def run_single(
             model,
             tokenizer,
             [request],
-            method=method,
-            hparams=HPARAMS[method],
+            method=CONFIGS[method][0],
+            hparams=CONFIGS[method][1],
             mode="single",
             stats=store,
         )
@@ -112,8 +116,8 @@ def run_batch(
         model,
         tokenizer,
         requests,
-        method=method,
-        hparams=HPARAMS[method],
+        method=CONFIGS[method][0],
+        hparams=CONFIGS[method][1],
         mode="batch",
         stats=store,
     )
@@ -142,41 +146,25 @@ def run_sequential(
     store: KeyCovarianceStore,
     every: int,
 ) -> list[dict[str, Any]]:
-    curve: list[dict[str, Any]] = []
-    deltas: list[dict[str, torch.Tensor]] = []
     started = time.perf_counter()
-    for count, request in enumerate(requests, start=1):
-        outcome = apply_edits(
-            model,
-            tokenizer,
-            [request],
-            method=method,
-            hparams=HPARAMS[method],
-            mode="sequential",
-            stats=store,
+
+    def show(point: dict[str, Any]) -> None:
+        point["seconds"] = time.perf_counter() - started
+        newest, retention = point["newest"], point.get("retention", {})
+        print(
+            f"  {method} {point['edits']}: rel {newest['reliability']['teacher_forced']:.2f} "
+            f"loc {newest['locality']['teacher_forced']:.2f} "
+            f"ret {retention.get('teacher_forced', float('nan')):.2f}",
+            flush=True,
         )
-        deltas.append(outcome.weight_delta)
-        if count % every == 0:
-            newest = evaluate_edits(model, original, tokenizer, requests[count - every : count])
-            point: dict[str, Any] = {
-                "edits": count,
-                "newest": newest,
-                "seconds": time.perf_counter() - started,
-            }
-            if count > every:
-                point["retention"] = evaluate_edits(
-                    model, original, tokenizer, requests[: count - every], metrics=["reliability"]
-                )["reliability"]
-            curve.append(point)
-            print(
-                f"  {method} {count}: rel {newest['reliability']['teacher_forced']:.2f} "
-                f"loc {newest['locality']['teacher_forced']:.2f} "
-                f"ret {point.get('retention', {}).get('teacher_forced', float('nan')):.2f}",
-                flush=True,
-            )
-    for delta in reversed(deltas):
+
+    result = run_sequential_edits(model, original, tokenizer, requests, method=CONFIGS[method][0],
+                                  hparams=CONFIGS[method][1], stats=store, every=every,
+                                  on_point=show)  # fmt: skip
+    for delta in reversed(result.deltas):
         restore(model, delta)
-    return curve
+    restore(model, {})  # detaches a GRACE codebook
+    return result.curve
 
 
 def _fmt(values: dict[str, Any]) -> str:
@@ -244,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     results: dict[str, Any] = {
         "model": manifest,
-        "hparams": HPARAMS,
+        "configs": CONFIGS,
         "disco": DISCO,
         "single": {},
         "batch": {},

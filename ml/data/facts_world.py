@@ -46,9 +46,11 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 # two-hop: person --born_in--> city --located_in--> country
+# No prompt may be a prefix of another relation's prompt ("X was born in" followed by " a city
+# ..." would make the one-hop answer ambiguous).
 TWO_HOP_TEMPLATES = (
     "The country where {s} was born is",
-    "{s} was born in a city in the country of",
+    "The birth country of {s} is",
 )
 
 
@@ -194,7 +196,8 @@ def edit_requests(
 
     Each moves a person to a city in *another* country, so the two-hop portability answer
     (the new city's country) differs from the one the model learnt. Locality prompts are facts
-    about other known people, answered with their true objects.
+    about known people that none of the ``count`` requests edits, answered with their true
+    objects.
     """
     rng = random.Random(seed)
     people = world.known_people[:]
@@ -202,12 +205,16 @@ def edit_requests(
     if count > len(people):
         raise ValueError(f"the world has {len(people)} known people, {count} edits asked")
     records: list[dict[str, Any]] = []
+    # locality asks about people none of these requests edits, so it stays valid in a batch
+    bystanders = people[count:]
+    if len(bystanders) < locality_per_request:
+        raise ValueError(f"{count} edits leave too few unedited people for locality prompts")
     for person in people[:count]:
         old_city = world.person_city[person]
         old_country = world.city_country[old_city]
         candidates = [c for c in world.cities if world.city_country[c] != old_country]
         new_city = rng.choice(candidates)
-        others = rng.sample([p for p in world.known_people if p != person], locality_per_request)
+        others = rng.sample(bystanders, locality_per_request)
         locality = []
         for other in others:
             relation = rng.choice(("born_in", "works_for"))

@@ -19,7 +19,7 @@ from ml.editing.value_search import rewrite_rows
 
 @dataclass
 class FtParams:
-    layers: tuple[int, ...] = (1,)
+    layers: tuple[int, ...] = (0,)
     steps: int = 30
     lr: float = 5e-3
     max_change: float = 5e-3

@@ -97,14 +97,14 @@ def subject_keys(
 
 @dataclass
 class RomeParams:
-    layer: int = 1
+    layer: int = 0
     cov_ridge: float = 1e-2
     values: ValueSearchParams = field(default_factory=ValueSearchParams)
 
 
 @dataclass
 class MemitParams:
-    layers: tuple[int, ...] = (1, 2)
+    layers: tuple[int, ...] = (0, 1)
     mom2_weight: float = 10.0
     cov_ridge: float = 1e-2
     values: ValueSearchParams = field(default_factory=ValueSearchParams)

@@ -5,8 +5,10 @@ ROME (Meng et al. 2022, Sec. 3.1 step 2, eq. 4) optimises ``δ`` added to the ML
 edited layer; MEMIT (Meng et al. 2023, Sec. 4.3 eq. 16) adds it to the residual stream at the
 last edited layer. Both minimise the target's negative log-likelihood, plus a KL term that keeps
 the model's next-token distribution after the bare subject (its "essence", ROME eq. 4), plus a
-weight decay relative to the original output's norm; ``δ`` is kept within ``clamp_norm`` times
-that norm.
+weight decay ``||δ|| / r²`` (as in ROME's released code) and ``||δ|| ≤ clamp_norm · r``. ROME
+takes ``r = ||o||``, the original output at that token; a small model's output at some subject
+tokens is near zero, which would pin ``δ`` there, so ``r`` is ``max(||o||, the mean output norm
+over all tokens of the batch)``.
 """
 
 from __future__ import annotations
@@ -92,6 +94,14 @@ class ValueSearchParams:
 def _output_at(
     model: PreTrainedModel, module: nn.Module, ids: Tensor, mask: Tensor, positions: Tensor
 ) -> Tensor:
+    return _outputs(model, module, ids, mask, positions)[0]
+
+
+def _outputs(
+    model: PreTrainedModel, module: nn.Module, ids: Tensor, mask: Tensor, positions: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The module's output at ``(row i, positions[i])`` ``(R, D)`` and the mean output norm
+    over every real token (a scalar)."""
     captured: dict[str, Tensor] = {}
 
     def hook(_m: nn.Module, _a: object, output: object) -> None:
@@ -105,7 +115,9 @@ def _output_at(
             model(input_ids=ids, attention_mask=mask)
     finally:
         handle.remove()
-    return captured["out"][torch.arange(len(positions)), positions].detach().float()
+    out = captured["out"].detach().float()
+    typical = out.norm(dim=-1)[mask.bool()].mean()
+    return out[torch.arange(len(positions)), positions], typical
 
 
 def search_values(
@@ -126,7 +138,9 @@ def search_values(
     ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
     labels = batch.labels.to(device)
     first_row = [i * len(params.contexts) for i in range(len(requests))]
-    original = _output_at(model, module, ids, mask, batch.positions.to(device))[first_row]
+    outputs, typical = _outputs(model, module, ids, mask, batch.positions.to(device))
+    original = outputs[first_row]
+    reference = original.norm(dim=-1, keepdim=True).clamp_min(float(typical))
     e_ids, e_mask, e_pos = essence_rows(tokenizer, requests)
     e_ids, e_mask = e_ids.to(device), e_mask.to(device)
     with torch.no_grad():
@@ -134,7 +148,7 @@ def search_values(
         essence_before = F.log_softmax(logits[torch.arange(len(requests)), e_pos].float(), -1)
     delta = torch.zeros_like(original, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=params.lr)
-    limits = params.clamp_norm * original.norm(dim=-1, keepdim=True)
+    limits = params.clamp_norm * reference
     was_training = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in was_training:
         p.requires_grad_(False)
@@ -163,7 +177,7 @@ def search_values(
                 essence_after = F.log_softmax(e_logits[torch.arange(len(requests)), e_pos], -1)
                 kl = F.kl_div(essence_after, essence_before, log_target=True, reduction="batchmean")
                 loss = loss + params.kl_factor * kl
-            decay = (delta.norm(dim=-1) ** 2 / original.norm(dim=-1) ** 2).mean()
+            decay = (delta.norm(dim=-1) / reference[:, 0] ** 2).mean()
             loss = loss + params.weight_decay * decay
             nll_value = float(nll.detach())
             if nll_value < params.stop_nll:
