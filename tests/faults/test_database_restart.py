@@ -68,3 +68,37 @@ def test_postgres_restarted_mid_job_loses_nothing(
     messages = event_messages(api, job_id)
     assert any(m.startswith("database unreachable;") for m in messages), messages
     assert not any(m.startswith("worker lost") for m in messages), "the lease must survive"
+
+
+def test_postgres_down_longer_than_the_lease_still_loses_nothing(
+    tmp_path, model_root, stack_logs, tiny_teacher, jsonl_file, private_postgres
+):
+    """An outage (12 s) longer than the lease (5 s). When the database returns, either the
+    heartbeat renews the lease first (nobody else took the job: it goes on) or the sweeper
+    re-queues it and the worker resumes from its last checkpoint. Both end the same way:
+    succeeded, every (key, step) exactly once; the events say which path was taken."""
+    require_real_stack()
+    stack, api = start_real_stack(
+        tmp_path, model_root, stack_logs, database_url=private_postgres.url,
+        broker_url=fresh_redis_url(), DISTILL_LEASE_SECONDS="5",
+    )  # fmt: skip
+    teacher, dataset = api.register(tiny_teacher), api.upload_dataset(jsonl_file)
+    spec = distill_spec(teacher, dataset, max_steps=300, checkpoint_every=20)
+    job_id = api.call("POST", "/v1/jobs", 201, json=spec)["id"]
+    stack.start_worker()
+    wait_until(lambda: api.job(job_id)["progress"]["step"] >= 25, timeout=240, what="training")
+
+    private_postgres.stop_immediately()
+    time.sleep(12)  # the outage: longer than the lease
+    private_postgres.start()
+
+    job = wait_until(lambda: (j := _status(api, job_id)) and j["status"] in TERMINAL and j,
+                     timeout=300, what="the job to end")  # fmt: skip
+    assert job["status"] == "succeeded", job
+    assert_metrics_exact(api, job_id, 300)
+    messages = event_messages(api, job_id)
+    if job["attempts"] == 2:  # the sweeper won: re-queued, then resumed from a checkpoint
+        assert any(m.startswith("worker lost; re-queued") for m in messages), messages
+        assert sum(m.startswith("resumed from step") for m in messages) == 1, messages
+    else:  # the heartbeat won: the lease was renewed and the run went on
+        assert job["attempts"] == 1 and len(claims(api, job_id)) == 1, messages
