@@ -152,10 +152,22 @@ def send(
     pinned_url, extensions = _pinned(url, target)
     headers["host"] = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
     try:
-        response = client.post(pinned_url, content=body, headers=headers, extensions=extensions)
+        request = client.build_request(
+            "POST", pinned_url, content=body, headers=headers, extensions=extensions
+        )
+        response = client.send(request, stream=True)
+        try:  # read only the start of the answer: a receiver cannot make us buffer a flood
+            head = b""
+            for chunk in response.iter_bytes():
+                head += chunk
+                if len(head) >= ERROR_CHARS:
+                    break
+        finally:
+            response.close()
     except httpx.HTTPError as exc:
         return Outcome(None, f"{type(exc).__name__}: {exc}"[:ERROR_CHARS], elapsed())
-    error = None if response.is_success else response.text[:ERROR_CHARS] or response.reason_phrase
+    text = head[:ERROR_CHARS].decode("utf-8", errors="replace")
+    error = None if response.is_success else (text or response.reason_phrase)
     return Outcome(response.status_code, error, elapsed())
 
 

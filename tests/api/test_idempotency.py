@@ -147,9 +147,7 @@ def test_postgres_key_held_by_an_open_transaction_is_in_progress(api, auth):
                            expires_at=utcnow() + timedelta(hours=1))
         )  # fmt: skip
         holder.flush()
-        blocked = api.client.post(
-            "/v1/api-keys", headers={**auth, KEY: "held"}, json={"name": "x"}
-        )
+        blocked = api.client.post("/v1/api-keys", headers={**auth, KEY: "held"}, json={"name": "x"})
         assert blocked.status_code == 409, blocked.text
         assert blocked.json()["errors"][0]["loc"] == ["header", KEY]
         assert "in progress" in blocked.json()["detail"]
@@ -190,3 +188,27 @@ def test_postgres_concurrent_retries_create_one_job(api, auth, refs):
     # Once the first committed, a retry is a replay.
     replay = api.client.post("/v1/jobs", headers=headers, json=spec)
     assert replay.status_code == 201 and replay.content == created[0].content
+
+
+def test_expired_keys_are_purged_and_live_ones_kept(api, auth):
+    from api.idempotency.repository import purge_expired
+
+    for key in ("stale", "fresh"):
+        headers = {**auth, KEY: key}
+        assert (
+            api.client.post("/v1/api-keys", headers=headers, json={"name": key}).status_code == 201
+        )
+    project_id = _project_of(api, auth)
+    with session_scope(api.database_url) as session:
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.project_id == project_id, IdempotencyKey.key == "stale")
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    with session_scope(api.database_url) as session:
+        assert purge_expired(session, now=utcnow()) >= 1
+    with session_scope(api.database_url) as session:
+        left = session.scalars(
+            select(IdempotencyKey.key).where(IdempotencyKey.project_id == project_id)
+        ).all()
+    assert left == ["fresh"]

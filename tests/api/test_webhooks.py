@@ -233,6 +233,7 @@ def test_gives_up_after_max_attempts(api, project, endpoints, loopback_allowed):
     [delivery] = _deliveries(api, project, hook["id"])
     assert delivery["status"] == "failed" and delivery["attempts"] == 2
     assert [a["status_code"] for a in delivery["log"]] == [503, 503]
+    assert delivery["log"][0]["error"] == "Service Unavailable"  # empty body: the reason
     assert len(receiver.received) == 2
 
 
