@@ -11,9 +11,11 @@ from api.datasets.routes import router as datasets_router
 from api.errors import install_error_handlers
 from api.idempotency.deps import install_replay_handler
 from api.jobs.routes import router as jobs_router
+from api.nul_guard import RejectNulCharacters
 from api.openai_compat.errors import install_openai_error_handler
 from api.openai_compat.routes import router as openai_router
 from api.projects.routes import router as projects_router
+from api.registry.generate import router as generate_router
 from api.registry.routes import router as models_router
 from api.webhooks.routes import router as webhooks_router
 
@@ -36,7 +38,8 @@ def create_app() -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    for router in (projects_router, datasets_router, models_router, jobs_router):
+    for router in (projects_router, datasets_router, models_router, generate_router,
+                   jobs_router):  # fmt: skip
         v1.include_router(router)
     v1.include_router(webhooks_router)  # /v1/webhooks
     v1.include_router(openai_router)  # /v1/files, /v1/fine_tuning/jobs in OpenAI's shapes
@@ -47,6 +50,7 @@ def create_app() -> FastAPI:
         upload_limit=settings.max_upload_bytes,
         other_limit=settings.max_spec_bytes,
     )
+    app.add_middleware(RejectNulCharacters)  # PostgreSQL text cannot hold NUL: a 422, not a 500
     return app
 
 

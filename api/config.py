@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     model_roots: str = ""
     max_upload_bytes: int = 512 * 1024 * 1024
     max_spec_bytes: int = 256 * 1024
+    # POST /v1/models/{id}/generate runs in the API process: small models only.
+    generate_max_parameters: int = 200_000_000
     allow_trust_remote_code: bool = False
     lease_seconds: float = 60.0
     # A worker write retries a broken database connection this long (a restart, a failover).
