@@ -1,8 +1,8 @@
 """The job spec body, as JSON or as YAML (the dashboard's new-job form sends YAML).
 
-YAML is read with ``yaml.safe_load`` only (no Python objects), after the same size limit as
-JSON (``max_spec_bytes``; the body-size middleware enforces it first, this is the fallback for
-bodies it lets through). A syntax error is a 422 naming the line and column.
+YAML is read with a ``yaml.SafeLoader`` (no Python objects) that refuses aliases, after the
+same size limit as JSON (``max_spec_bytes``; the body-size middleware enforces it first, this is
+the fallback for bodies it lets through). A syntax error is a 422 naming the line and column.
 """
 
 from __future__ import annotations
@@ -50,9 +50,22 @@ def parse_spec_text(raw: bytes, content_type: str, limit: int) -> Any:
         raise _body_error(exc.msg, line=exc.lineno, column=exc.colno) from exc
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases: ``*name`` could expand a small body into an
+    exponentially large spec (the "billion laughs"), and a job spec never needs one."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted in a job spec", mark
+            )
+        return super().compose_node(parent, index)
+
+
 def _load_yaml(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_SpecLoader)  # a SafeLoader: no Python objects
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)

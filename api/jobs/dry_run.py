@@ -163,16 +163,19 @@ def _plan(
     cached = spec.method.teacher_cache != "off" and teacher_cache_fits(
         loss, spec.method.data_mode, len(teacher_sizes), training.kd_chunk_tokens
     )
-    live_teachers = [] if cached or loss == "ce" else teacher_sizes
+    # The recipe loads the teacher unless a cache replaces it (ce too: it evaluates it at the
+    # end), but only KD runs its forward pass every step.
+    resident_teachers = [] if cached else teacher_sizes
+    forward_teachers = [] if cached or loss == "ce" else teacher_sizes
     seq_len = min(max(lengths, default=training.max_length), training.max_length)
     memory = estimates.estimate_memory(
-        student=student, teachers=live_teachers, micro_batch=training.batch_size,
+        student=student, teachers=resident_teachers, micro_batch=training.batch_size,
         seq_len=seq_len, kd=loss != "ce", kd_chunk_tokens=training.kd_chunk_tokens,
         float32_activations=spec.resources.queue == "cpu",
     )  # fmt: skip
     time = estimates.estimate_time(
         student_params=student["params"],
-        teacher_params=sum(t["params"] for t in live_teachers),
+        teacher_params=sum(t["params"] for t in forward_teachers),
         tokens=plan["total_tokens_approx"],
         queue=spec.resources.queue,
     )

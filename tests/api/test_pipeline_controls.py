@@ -134,6 +134,10 @@ def test_yaml_bodies(api, auth, refs):
         (error,) = response.json()["errors"]
         assert error["loc"] == ["body"] and (error["line"], error["column"]) == (4, 8)
         assert "line 4, column 8" in response.json()["detail"]
+    aliased = "kind: distill\nteacher: &t {model: x}\nstudent: *t\n"  # no alias expansion
+    response = api.client.post("/v1/jobs/validate", headers=headers, content=aliased)
+    assert response.status_code == 422 and response.json()["errors"][0]["line"] == 3
+    assert "aliases" in response.json()["errors"][0]["msg"]
     not_utf8 = api.client.post("/v1/jobs/validate", headers=headers, content=b"kind: \xff")
     assert not_utf8.status_code == 422
 
