@@ -89,6 +89,17 @@ def _add_model_commands(tree: _CommandTree, top: argparse._SubParsersAction) -> 
     )
     download.add_argument("id")
     download.add_argument("dest", help="directory to unpack the model into")
+    generate = tree.leaf(
+        models, "generate", commands.cmd_models_generate, "complete prompts with a model"
+    )
+    generate.add_argument("id")
+    generate.add_argument("prompts", nargs="+")
+    generate.add_argument("--max-new-tokens", type=int, default=32)
+    generate.add_argument("--decoding", choices=["greedy", "sample", "disco"], default="greedy")
+    generate.add_argument("--temperature", type=float)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--against", help="disco: the model to contrast with (default: base)")
+    generate.add_argument("--alpha", type=float, help="disco: contrast strength (default 1.0)")
 
 
 def _add_job_commands(tree: _CommandTree, top: argparse._SubParsersAction) -> None:

@@ -142,6 +142,18 @@ def cmd_models_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_generate(args: argparse.Namespace) -> int:
+    disco = {k: v for k, v in (("against", args.against), ("alpha", args.alpha)) if v is not None}
+    with open_client(args) as client:
+        completions = client.generate(
+            args.id, list(args.prompts), max_new_tokens=args.max_new_tokens,
+            decoding=args.decoding, temperature=args.temperature, seed=args.seed,
+            disco=disco or None,
+        )  # fmt: skip
+    show(args, {"model_id": args.id, "completions": completions})
+    return 0
+
+
 def cmd_models_download(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         dest = client.download_model(args.id, args.dest)

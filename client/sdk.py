@@ -147,6 +147,13 @@ class DistillClient:
         result: Json = self._request("GET", f"/v1/models/{model_id}")
         return result
 
+    def generate(self, model_id: str, prompts: list[str], **options: Any) -> list[str]:
+        """Completions of ``prompts``; ``options``: ``max_new_tokens``, ``decoding`` (greedy,
+        sample, disco), ``temperature``, ``top_p``, ``seed``, ``disco={"against", "alpha"}``."""
+        body = {"prompts": prompts, **{k: v for k, v in options.items() if v is not None}}
+        result: Json = self._request("POST", f"/v1/models/{model_id}/generate", json=body)
+        return list(result["completions"])
+
     def download_model(self, model_id: str, dest_dir: str | Path) -> Path:
         """Stream the model's tar.gz to a temporary file, then unpack it safely into ``dest_dir``.
 

@@ -195,3 +195,43 @@ def test_inject_job_trains_an_adapter_and_scores_held_out_questions(
     produced = api.call("GET", f"/v1/models/{job['output_model_id']}")
     assert produced["lineage"]["kind"] == "inject"
     assert produced["lineage"]["method"] == "prompt_distillation"
+
+
+def test_cli_runs_an_edit_job_and_decodes_with_disco(tmp_path, embedded_stack, tiny_teacher):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.support.stack import ROOT
+
+    stack, _ = embedded_stack
+
+    def distill(*args: str) -> dict:
+        command = [sys.executable, "-m", "client.cli", "--json", *args]
+        done = subprocess.run(command, cwd=ROOT, env=stack.env, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    model = distill("models", "register", str(tiny_teacher))["id"]
+    requests = distill("datasets", "upload", str(_write(tmp_path / "e.jsonl", _requests(1))))
+    spec = {
+        "kind": "edit",
+        "model": model,
+        "requests": requests["id"],
+        "mode": "single",
+        "method": {"name": "ft", "params": {"layers": [1], "steps": 60, "max_change": 0.5}},
+    }
+    spec_file = tmp_path / "edit.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    job = distill("jobs", "create", "-f", str(spec_file), "--watch")
+    assert job["status"] == "succeeded" and job["kind"] == "edit"
+    edited = job["output_model_id"]
+    prompt = _requests(1)[0]["prompt"]
+    plain = distill("models", "generate", model, prompt, "--max-new-tokens", "2")
+    disco = distill("models", "generate", edited, prompt, "--max-new-tokens", "2",
+                    "--decoding", "disco", "--alpha", "1.0")  # fmt: skip
+    assert len(plain["completions"]) == len(disco["completions"]) == 1
+    # The edit made " Pell" the greedy answer; contrasting with the original keeps it.
+    assert disco["completions"][0] == "Pell" != plain["completions"][0]
