@@ -95,8 +95,9 @@ def problem_responses(*errors: type[ProblemError]) -> dict[int | str, dict[str, 
 def _document_problems(app: FastAPI) -> None:
     """FastAPI documents every request-validation failure as a 422 ``application/json``
     ``HTTPValidationError``; ``on_validation`` answers problem+json, and a body that is not
-    JSON at all gets a 400 from ``on_http``. Rewrite the document to say what is sent (an
-    operation that declares its own 400 renders errors its own way and is left alone)."""
+    JSON at all gets a 400 from ``on_http``, and one over the size limit a 413 from the body-size
+    middleware. Rewrite the document to say what is sent (an operation that declares its own
+    400 renders errors its own way and is left alone)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -116,6 +117,8 @@ def _document_problems(app: FastAPI) -> None:
                         "description": "Malformed body",
                         "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
                     }
+                    # api/body_limit.py refuses an oversized body before any route runs.
+                    responses.setdefault("413", problem_responses(PayloadTooLarge)[413])
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]

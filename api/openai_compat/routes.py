@@ -10,6 +10,7 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from api.deps import CallerDep, EnqueuesDep, SessionDep, SettingsDep
+from api.errors import InvalidInput, problem_responses
 from api.idempotency.deps import IdempotencyDep
 from api.openai_compat import service
 from api.openai_compat.errors import OpenAIErrorRoute, openai_error_responses
@@ -29,7 +30,8 @@ from models import Dataset
 router = APIRouter(
     tags=["openai-compatible"],
     route_class=OpenAIErrorRoute,
-    responses=openai_error_responses(401),
+    # 422: only the NUL guard in front of every route (api/nul_guard.py) answers it here.
+    responses={**openai_error_responses(401), **problem_responses(InvalidInput)},
 )
 
 Limit = Annotated[int, Query(ge=1, le=10000)]
