@@ -156,6 +156,7 @@ def test_compare_overlays_two_jobs_and_models_show_their_lineage(browser: Browse
     lineage = row.inner_text()
     assert jobs["rkl"] in lineage and served.teacher_id in lineage
     assert served.dataset_name in lineage  # the dataset hash, named
+    browser.screenshot("models")
     page.click(f"#model-rows tr[data-model-id='{model_id}'] a")
     page.wait_for_selector("#model-lineage")
     assert "rkl" in page.inner_text("#model-lineage")
