@@ -132,7 +132,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             upgrade(database_url)
             key = create_project_cli("latency", Settings(DATABASE_URL=database_url))["api_key"]
             stack.start_api()
-            api = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"})
+            api = httpx.Client(
+                base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=60
+            )
             teacher = api.post("/v1/models", json={"path": str(teacher_dir)}).json()["id"]
             with data.open("rb") as fh:
                 dataset = api.post("/v1/datasets", files={"file": ("t.jsonl", fh)}).json()["id"]
@@ -151,9 +153,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 print(api.get(f"/v1/jobs/{job_id}").json(), stack.logs())
                 raise
             summary = asyncio.run(_load(stack.url, key, job_id, args))
-            status = api.get(f"/v1/jobs/{job_id}").json()["status"]
-            summary["job_status_after"] = status  # "running": the worker trained throughout
-            api.post(f"/v1/jobs/{job_id}/cancel")
+            print(json.dumps(summary))  # before anything else can fail
+            try:  # "running": the worker trained throughout the load
+                summary["job_status_after"] = api.get(f"/v1/jobs/{job_id}").json()["status"]
+                api.post(f"/v1/jobs/{job_id}/cancel")
+            except httpx.HTTPError as exc:
+                summary["job_status_after"] = f"unknown ({type(exc).__name__})"
             api.close()
             return summary
         finally:
