@@ -82,11 +82,14 @@ def essence_rows(
 
 @dataclass
 class ValueSearchParams:
-    steps: int = 40
+    """ROME publishes weight_decay 0.5 and clamp 4 for GPT-2 XL; on the 4-layer facts model those
+    stop the search short (docs/BENCHMARKS.md "Knowledge editing"), hence the looser defaults."""
+
+    steps: int = 60
     lr: float = 0.5
     kl_factor: float = 0.0625
-    weight_decay: float = 0.5
-    clamp_norm: float = 4.0
+    weight_decay: float = 0.001
+    clamp_norm: float = 20.0
     stop_nll: float = 0.02
     contexts: tuple[str, ...] = ("{}",)
 
