@@ -76,7 +76,9 @@ async def _load(url: str, key: str, job_id: str, args: argparse.Namespace) -> di
     errors: list[str] = []
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
     headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=30) as http:
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=args.timeout
+    ) as http:
         deadline = time.perf_counter() + args.seconds
         started = time.perf_counter()
         await asyncio.gather(
@@ -171,6 +173,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--interval", type=float, default=1.0, help="pause between requests")
     parser.add_argument("--jobs", type=int, default=20, help="jobs in the project")
+    parser.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "api_latency.json")
     args = parser.parse_args()
     require_real_stack()

@@ -159,9 +159,10 @@ def main() -> None:
             label = "plain" if mode == "plain" else f"chunked {chunk}"
             print(_row(vocab, label, result, None if mode == "plain" else plain))
             table.append({"vocab": vocab, "path": label, "result": result})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("worker", "mode", "out")}
-    args.out.write_text(json.dumps({"settings": settings, "table": table}, indent=2) + "\n")
+        # Written after every vocabulary, so a run cut short keeps what it measured.
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        settings = {k: v for k, v in vars(args).items() if k not in ("worker", "mode", "out")}
+        args.out.write_text(json.dumps({"settings": settings, "table": table}, indent=2) + "\n")
 
 
 def _median(results: list[dict[str, float] | str]) -> dict[str, float] | str:
