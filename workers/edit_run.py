@@ -18,6 +18,7 @@ from api.registry.service import register_job_output
 from ml.distillation.recipe_config import MetricPoint
 from ml.editing.apply import apply_edits, weight_delta
 from ml.editing.covariance import KeyCovarianceStore
+from ml.editing.disco import disco_next_token_logits
 from ml.editing.grace import detach_grace, find_grace, save_codebook
 from ml.editing.metrics import evaluate_edits
 from ml.editing.requests import EditRequest, parse_edit_requests
@@ -69,12 +70,28 @@ def run_edit(
             after["heldout/perplexity_ratio"] = perplexity(model, tokenizer, heldout) / perplexity(
                 original, tokenizer, heldout
             )
+        if spec.get("portability_disco") and "portability" in metrics:
+            after.update(_disco_portability(model, original, tokenizer, requests,
+                                            spec["portability_disco"]))  # fmt: skip
         result["after"] = after
         recorder.metrics(_points(len(requests), after))
     if keeper.should_stop():
         _stopped(keeper, recorder)
         return
     _save_and_register(settings, job, model, original, tokenizer, requests, recorder, result)
+
+
+def _disco_portability(
+    model: Any, original: Any, tokenizer: Any, requests: list[EditRequest], options: dict[str, Any]
+) -> dict[str, float]:
+    """Portability decoded with DISCO (Sun et al. 2025), reported beside plain greedy."""
+    pad = tokenizer.pad_token_id if isinstance(tokenizer.pad_token_id, int) else 0
+    scorer = disco_next_token_logits(model, original, pad, alpha=options["alpha"],
+                                     beta=options["beta"])  # fmt: skip
+    scores = evaluate_edits(model, original, tokenizer, requests, metrics=["portability"],
+                            portability_logits=scorer)["portability"]  # fmt: skip
+    value = float(scores["generation"])
+    return {} if math.isnan(value) else {"portability_disco/generation": value}
 
 
 def _key_stats(

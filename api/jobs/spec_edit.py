@@ -60,6 +60,13 @@ class SequentialSpec(Strict):
     collapse: CollapseSpec = Field(default_factory=CollapseSpec)
 
 
+class DiscoSpec(Strict):
+    """Portability also decoded with DISCO (edited vs original model), beside plain greedy."""
+
+    alpha: float = Field(default=1.0, ge=0, le=100)
+    beta: float = Field(default=0.1, gt=0, le=1)
+
+
 class EditSpec(Strict):
     kind: Literal["edit"]
     name: Annotated[str | None, Field(max_length=200)] = None
@@ -74,6 +81,7 @@ class EditSpec(Strict):
         default=None, description="dataset id of documents: held-out perplexity before/after"
     )
     sequential: SequentialSpec = Field(default_factory=SequentialSpec)
+    portability_disco: DiscoSpec | None = None
     seed: int = 0
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 

@@ -45,7 +45,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in load_causal_lm(path).state_dict().items()}
 
 
-def test_rome_edit_job_registers_an_edited_model_and_keeps_the_original(
+def test_ft_edit_job_registers_an_edited_model_and_keeps_the_original(
     tmp_path, embedded_stack, tiny_teacher
 ):
     from safetensors.torch import load_file
@@ -56,14 +56,13 @@ def test_rome_edit_job_registers_an_edited_model_and_keeps_the_original(
     original_hash = weights_sha256(tiny_teacher)
     model = api.register(tiny_teacher)
     requests = api.upload_dataset(_write(tmp_path / "edits.jsonl", _requests(2)))
-    corpus = api.upload_dataset(_documents(tmp_path))
     spec = {
         "kind": "edit",
         "model": model,
         "requests": requests,
         "mode": "batch",
-        "method": {"name": "rome", "params": {"layer": 0}},
-        "stats": {"corpus": corpus},
+        "method": {"name": "ft", "params": {"layers": [1], "steps": 60, "max_change": 0.5}},
+        "portability_disco": {"alpha": 1.0},
     }
     job_id = api.call("POST", "/v1/jobs", 201, json=spec)["id"]  # fmt: skip
     job = api.wait_status(job_id, TERMINAL, timeout=600)
@@ -76,6 +75,7 @@ def test_rome_edit_job_registers_an_edited_model_and_keeps_the_original(
         assert expected <= set(result[part])
     assert result["after"]["reliability/teacher_forced"] == 1.0, result
     assert result["before"]["reliability/teacher_forced"] < 1.0
+    assert 0.0 <= result["after"]["portability_disco/generation"] <= 1.0
     metric = api.metrics(job_id, "edit/reliability/teacher_forced")
     assert [(m["step"], m["value"]) for m in metric] == [(2, 1.0)]
 
