@@ -66,7 +66,7 @@ def test_create_get_and_resolve(api, auth, refs):
         ({"method": {"generation": {"top_p": 0}}}, ["body", "method", "generation", "top_p"], ""),
         ({"training": {"batch_size": 0}}, ["body", "training", "batch_size"], "greater than"),
         ({"training": {"epochs": 1, "typo": 1}}, ["body", "training", "typo"], "not permitted"),
-        ({"kind": "edit"}, ["body", "kind"], "not available yet"),
+        ({"kind": "edit"}, ["body", "model"], "Field required"),  # parsed as an edit spec
         ({"kind": "train"}, ["body", "kind"], "must be one of"),
         ({"teacher": {"model": "mdl_missing"}}, ["body", "teacher", "model"], "does not exist"),
         ({"teacher": {"model": "/etc"}}, ["body", "teacher", "model"], "model root"),
