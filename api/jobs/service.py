@@ -187,6 +187,11 @@ def pause(*, session: Session, project_id: str, job_id: str) -> Job:
     job = get_or_raise(session=session, project_id=project_id, job_id=job_id, for_update=True)
     if job.status in ("pausing", "paused"):
         return job
+    if job.kind != "distill" and job.status == "running":
+        raise JobNotPausable(
+            f"Job {job_id} is a running {job.kind} job, which has no checkpoints to resume from;"
+            " cancel it, or pause it while it is still queued."
+        )
     if job.status in ("validating", "queued"):
         job.status = "paused"
         message = "paused while queued; resume re-queues it"
