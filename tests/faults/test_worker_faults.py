@@ -76,16 +76,20 @@ def test_visibility_timeout_redelivery_runs_the_job_once(
     running under a live lease), says so in the job's events, and the job runs once."""
     require_real_stack()
     with fresh_postgres_database() as database_url:
+        broker_url = fresh_redis_url()
         stack, api = start_real_stack(
             tmp_path, model_root, stack_logs, database_url=database_url,
-            broker_url=fresh_redis_url(), DISTILL_VISIBILITY_TIMEOUT_SECONDS="3",
+            broker_url=broker_url, DISTILL_VISIBILITY_TIMEOUT_SECONDS="3",
         )  # fmt: skip
         teacher, dataset = api.register(tiny_teacher), api.upload_dataset(jsonl_file)
+        stack.start_worker("worker-a")
+        stack.start_worker("worker-b")
+        # Both consume before the job exists: one runs it, the other is idle when Redis
+        # hands the unacknowledged message out again 3 s later.
+        wait_until(lambda: _waiting_consumers(broker_url) == 2, timeout=240,
+                   what="two idle workers")  # fmt: skip
         spec = distill_spec(teacher, dataset, max_steps=400, checkpoint_every=0)
         job_id = api.call("POST", "/v1/jobs", 201, json=spec)["id"]
-        stack.start_worker("worker-a")
-        api.wait_status(job_id, ("running",), timeout=240)
-        stack.start_worker("worker-b")
 
         def redelivered_while_running() -> str | None:
             dropped = [m for m in event_messages(api, job_id) if m.startswith("message dropped")]
@@ -102,3 +106,15 @@ def test_visibility_timeout_redelivery_runs_the_job_once(
         assert job["attempts"] == 1 and len(claims(api, job_id)) == 1
         assert_metrics_exact(api, job_id, 400)
         stack.stop()
+
+
+def _waiting_consumers(broker_url: str) -> int:
+    """Workers blocked in BRPOP on this test's Redis database: consuming, and idle."""
+    import redis
+
+    db = broker_url.rsplit("/", 1)[1]
+    client = redis.Redis.from_url(broker_url)
+    try:
+        return sum(1 for c in client.client_list() if c.get("db") == db and c.get("cmd") == "brpop")
+    finally:
+        client.close()
