@@ -11,6 +11,8 @@ four metrics both ways (teacher forced / greedy exact match; locality against th
 * DISCO against plain greedy decoding on the two-hop portability questions of the batch edits.
 
     python -m bench.editing_quality [--edits 20] [--batch 20] [--sequential 100] [--every 20]
+    python -m bench.editing_quality --arch gpt2 --methods rome memit memit@0 --sequential 0 \
+        --out bench/results/editing_quality_gpt2.json
 
 Writes ``bench/results/editing_quality.json`` and prints markdown tables.
 """
@@ -216,11 +218,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--arch", default="llama", choices=("llama", "gpt2"),
+        help="gpt2: the smaller GPT-2-style facts model (hidden 96, 600 steps)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model_dir = CACHE_DIR / "facts-llama"
-    manifest = build_facts_model(model_dir)
+    model_dir = CACHE_DIR / f"facts-{args.arch}"
+    if args.arch == "gpt2":
+        manifest = build_facts_model(model_dir, arch="gpt2", hidden_size=96, steps=600)
+    else:
+        manifest = build_facts_model(model_dir)
     original = load_causal_lm(model_dir)
     tokenizer = load_tokenizer(model_dir)
     model = copy.deepcopy(original)
