@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 
 from api.body_limit import BodySizeLimit
@@ -18,6 +22,14 @@ from api.projects.routes import router as projects_router
 from api.registry.generate import router as generate_router
 from api.registry.routes import router as models_router
 from api.webhooks.routes import router as webhooks_router
+from models.session import API_THREADS
+
+
+@asynccontextmanager
+async def _thread_pool_within_db_pool(_app: FastAPI) -> AsyncIterator[None]:
+    # Fewer threads than pooled connections: see models.session.API_THREADS.
+    anyio.to_thread.current_default_thread_limiter().total_tokens = API_THREADS
+    yield
 
 
 def create_app() -> FastAPI:
@@ -28,6 +40,7 @@ def create_app() -> FastAPI:
         openapi_url="/v1/openapi.json",
         docs_url="/v1/docs",
         redoc_url=None,
+        lifespan=_thread_pool_within_db_pool,
     )
     install_error_handlers(app)
     install_openai_error_handler(app)  # {"error": …} on /v1/files, /v1/fine_tuning

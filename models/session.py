@@ -20,12 +20,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# The API runs sync routes and dependencies in anyio's thread pool (API_THREADS threads). A
+# request takes its connection in one thread (authentication) and gives it back in another, so if
+# every thread could be waiting for a connection while the requests holding the connections wait
+# for a thread, the API would deadlock until the pool timeout. The pool therefore always holds
+# more connections than there are threads (connections are opened only on demand).
+API_THREADS = 32
+POOL_SIZE, POOL_OVERFLOW = 10, API_THREADS
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)  # fmt: skip
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
 
 
 @lru_cache(maxsize=8)
