@@ -9,7 +9,7 @@ import pytest
 from tests.e2e.conftest import TERMINAL, distill_spec
 from tests.support.stack import wait_until
 
-STEPS = 60
+STEPS = 800  # the pause lands at the next heartbeat (10 s): the job must still be running then
 
 
 def _spec(teacher: str, dataset: str) -> dict:
