@@ -9,6 +9,7 @@ import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 
 from api.body_limit import BodySizeLimit
+from api.concurrency import ConcurrencyLimit
 from api.config import get_settings
 from api.dashboard.routes import router as dashboard_router
 from api.datasets.routes import router as datasets_router
@@ -63,6 +64,7 @@ def create_app() -> FastAPI:
         upload_limit=settings.max_upload_bytes,
         other_limit=settings.max_spec_bytes,
     )
+    app.add_middleware(ConcurrencyLimit)  # no thread/connection deadlock under load
     app.add_middleware(RejectNulCharacters)  # PostgreSQL text cannot hold NUL: a 422, not a 500
     return app
 

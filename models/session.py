@@ -20,11 +20,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-# The API runs sync routes and dependencies in anyio's thread pool (API_THREADS threads). A
-# request takes its connection in one thread (authentication) and gives it back in another, so if
-# every thread could be waiting for a connection while the requests holding the connections wait
-# for a thread, the API would deadlock until the pool timeout. The pool therefore always holds
-# more connections than there are threads (connections are opened only on demand).
+# The API's sync routes run on API_THREADS threads, and api/concurrency.py lets fewer requests in
+# at once than the pool has connections, so a thread waiting for a connection always gets one
+# (200 simultaneous requests once deadlocked the API: see that module).
 API_THREADS = 32
 POOL_SIZE, POOL_OVERFLOW = 10, API_THREADS
 
