@@ -6,7 +6,6 @@ idempotent: a retry after a commit whose reply was lost changes nothing."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -24,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from api.config import Settings
 from api.webhooks.outbox import job_status_changed
+from ml.distillation.checkpointing import directory_sha256
 from models import Checkpoint, Job, JobEvent, Metric, new_id, utcnow
 from models.session import rows_updated, session_scope
 from workers.db_retry import run_unit
@@ -288,14 +288,8 @@ def _insert_or_ignore_metrics(session: Session) -> Insert:
 
 
 def hash_tree(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode())
-        with file.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-    return digest.hexdigest(), size
+    """(sha256, bytes) of a checkpoint directory: the one definition the API checks too."""
+    return directory_sha256(path)
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:

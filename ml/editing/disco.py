@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ml.editing.metrics import NextTokenLogits, model_next_token_logits, prompt_ids
+from ml.editing.metrics import NextTokenLogits, model_next_token_logits
+from ml.evaluation.decoding import decode
 
 
 def disco_scores(
@@ -80,23 +81,5 @@ def disco_generate(
     eos = tokenizer.eos_token_id
     pad_id = pad if isinstance(pad, int) else int(eos)  # type: ignore[arg-type]
     scorer = disco_next_token_logits(edited, original, pad_id, alpha=alpha, beta=beta)
-    generator = torch.Generator().manual_seed(seed)
-    rows = [prompt_ids(tokenizer, p) for p in prompts]
-    new: list[list[int]] = [[] for _ in rows]
-    done = [False] * len(rows)
-    for _ in range(max_new_tokens):
-        active = [i for i, finished in enumerate(done) if not finished]
-        if not active:
-            break
-        scores = scorer([rows[i] + new[i] for i in active])
-        if do_sample:
-            probs = torch.softmax(scores / temperature, dim=-1)
-            choice = torch.multinomial(probs, 1, generator=generator)[:, 0].tolist()
-        else:
-            choice = scores.argmax(-1).tolist()
-        for i, token in zip(active, choice, strict=True):
-            if token == eos:
-                done[i] = True
-            else:
-                new[i].append(token)
-    return [str(tokenizer.decode(ids, skip_special_tokens=True)).strip() for ids in new]
+    return decode(scorer, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                  do_sample=do_sample, temperature=temperature, seed=seed)  # fmt: skip
