@@ -260,3 +260,21 @@ class WebhookAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     duration_ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    """One row per running worker process, upserted every ``DISTILL_HEARTBEAT_SECONDS`` by a
+    thread the worker starts on ``worker_ready``. ``/metrics`` reads it: a worker is alive while
+    ``last_seen_at`` is within three intervals. Rows of dead workers stay (their last heartbeat
+    is what an operator wants to see); nothing else reads this table."""
+
+    __tablename__ = "worker_heartbeats"
+
+    # "<hostname>:<pid>:<random>", so a restarted process on the same host is a new worker.
+    worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    current_job_id: Mapped[str | None] = mapped_column(String(40), default=None)
