@@ -27,6 +27,10 @@ class Project(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Scheduling (workers/scheduling.py): jobs running at once (None: the setting
+    # DISTILL_PROJECT_MAX_RUNNING_JOBS), and when the scheduler last started one (fair share).
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_started_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ApiKey(Base):
@@ -100,6 +104,9 @@ class Job(Base):
     resolved: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     queue: Mapped[str] = mapped_column(String(32), default="cpu")
+    # 0..9, higher first within the project; nproc: worker slots it needs (workers/scheduling.py).
+    priority: Mapped[int] = mapped_column(Integer, default=5, server_default="5")
+    nproc: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     device: Mapped[str | None] = mapped_column(String(64), default=None)
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -113,6 +120,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
+    # When the sweeper last re-sent its message (enqueued_at keeps the place in the queue).
+    last_sent_at: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
