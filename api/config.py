@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = 15.0
     # A queued job whose message may have been lost is re-enqueued after this long.
     requeue_after_seconds: float = 120.0
+    # Scheduling (workers/scheduling.py): jobs of one project running at once unless the
+    # project sets its own max_running_jobs; and the processes (nproc) this worker offers.
+    project_max_running_jobs: int = Field(default=2, ge=1)
+    worker_max_nproc: int = Field(default=1, ge=1)
     # Redis visibility timeout: above the longest job, so Redis never redelivers a live one.
     visibility_timeout_seconds: int = 7 * 24 * 3600
     # Workers mirror each job's params, metrics and tags to this MLflow tracking URI when set

@@ -9,7 +9,8 @@ from kombu import Queue
 
 from api.config import get_settings
 
-QUEUES = ("cpu", "gpu")
+# Resource classes (docs/OPERATIONS.md "Scheduling"); a worker listens to some with -Q.
+QUEUES = ("cpu", "gpu", "gpu-multi")
 DISTILL_TASK = "workers.tasks.distill.run_distill_job"
 
 
