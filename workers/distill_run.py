@@ -50,7 +50,7 @@ def read_dataset(
 def pick_device(queue: str) -> str:
     import torch
 
-    return "cuda" if queue == "gpu" and torch.cuda.is_available() else "cpu"
+    return "cuda" if queue in ("gpu", "gpu-multi") and torch.cuda.is_available() else "cpu"
 
 
 def split_train_eval(
@@ -157,7 +157,7 @@ def run_claimed_job(settings: Settings, job_id: str, worker_id: str) -> None:
             job = session.scalars(select(Job).where(Job.id == job_id)).one()
             session.expunge(job)
         device = pick_device(job.queue)
-        if job.queue == "gpu" and device == "cpu":
+        if job.queue in ("gpu", "gpu-multi") and device == "cpu":
             recorder.event("warn", "no CUDA device on this worker; running on the CPU", {})
         recorder.set_fields(device=device)
         runner = {"edit": run_edit, "inject": run_inject}.get(job.kind, _run)

@@ -28,10 +28,11 @@ from models import Checkpoint, Job, JobEvent, Metric, new_id, utcnow
 from models.session import rows_updated, session_scope
 from workers.db_retry import run_unit
 
+# LIVE_STATUSES: where a worker holds the job (cancelling and pausing stop it between steps).
+from workers.scheduling import LIVE_STATUSES, claim_in_session, why_not_started
+
 log = logging.getLogger(__name__)
 KEEP_CHECKPOINTS = 3
-# States in which a worker holds the job: cancelling and pausing stop it between steps.
-LIVE_STATUSES = ("running", "cancelling", "pausing")
 T = TypeVar("T")
 
 
@@ -56,43 +57,33 @@ def add_event(session: Session, job_id: str, level: str, message: str, **data: A
 
 
 def claim_job(settings: Settings, job_id: str, worker_id: str) -> bool:
-    """One atomic UPDATE: only a ``queued`` job is taken, so a redelivered message for a job
-    that a live worker holds (``running``) is dropped, with an event saying so. Expired leases
-    go back to ``queued`` through the sweeper, which also counts them."""
+    """Claim this very job, under the same rules as any claim (``workers.scheduling``: its
+    project under its limit, its nproc within the worker's): only a ``queued`` job is taken, so
+    a redelivered message for a job that a live worker holds (``running``) is dropped, with an
+    event saying so. Expired leases go back to ``queued`` through the sweeper, which also counts
+    them. Workers woken by a message call ``scheduling.claim_for_message`` instead, which may
+    start a fairer job of the same queue."""
 
     def claim(session: Session, attempt: int) -> bool:
-        now = utcnow()
         job = session.get(Job, job_id)
         if job is None:
             raise JobGone(job_id)
         if attempt and job.lease_owner == worker_id and job.status == "running":
             return True  # an earlier attempt committed the claim before its connection broke
-        claimed = rows_updated(
-            session,
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
-            .values(
-                status="running",
-                lease_owner=worker_id,
-                lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
-                attempts=Job.attempts + 1,
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False),
-        )
-        if claimed != 1:
-            session.refresh(job)
-            # Said in the job's events, not only the worker log: a redelivered message (visibility
-            # timeout, a sweeper re-send, a duplicate) or one for a job cancelled while queued.
+        claimed = claim_in_session(session, settings, queue=job.queue, worker_id=worker_id,
+                                   only=job_id)  # fmt: skip
+        if claimed == job_id:
+            return True
+        session.refresh(job)
+        # Said in the job's events, not only the worker log: a redelivered message (visibility
+        # timeout, a sweeper re-send, a duplicate) or one for a job cancelled while queued.
+        if job.status == "queued":
+            reason = why_not_started(session, settings, job)
+            add_event(session, job_id, "info", f"not started by {worker_id}: {reason}")
+        else:
             add_event(session, job_id, "info",
                       f"message dropped by {worker_id}: the job is {job.status}")  # fmt: skip
-            return False
-        session.refresh(job)
-        if job.started_at is None:
-            job.started_at = now
-        add_event(session, job_id, "info", f"claimed by {worker_id} (attempt {job.attempts})")
-        job_status_changed(session, job_id)  # webhooks, in the claim's transaction
-        return True
+        return False
 
     url = settings.resolved_database_url
     return run_unit(url, claim, deadline_seconds=settings.db_retry_seconds, what="claim")

@@ -1,22 +1,26 @@
 """The sweeper: re-queues jobs whose worker died (lease expired), fails those that lost their
-worker too often, and re-enqueues jobs left ``queued`` whose message may be lost. Every worker
+worker too often, and re-enqueues jobs left ``queued`` whose message may be lost (only those
+whose project is under its running-job limit: the others wait for a slot, woken then). Every worker
 runs it in a thread; each change is a guarded UPDATE, so several sweepers never double up."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from api.config import Settings
 from api.webhooks.outbox import job_status_changed
-from models import Job, utcnow
+from models import Job, Project, utcnow
 from models.session import rows_updated, session_scope
 from workers.dispatch import send_job
 from workers.runtime import add_event
+from workers.scheduling import LIVE_STATUSES, running_counts, wake_project_queues
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +29,10 @@ def sweep_once(settings: Settings) -> list[str]:
     """Returns the ids it re-enqueued."""
     now = utcnow()
     to_send: list[tuple[str, str]] = []
+    freed: set[str] = set()  # projects whose lost job gave its slot up without being re-queued
     with session_scope(settings.resolved_database_url) as session:
         expired = session.scalars(
-            select(Job).where(
-                Job.status.in_(("running", "cancelling", "pausing")), Job.lease_expires_at < now
-            )
+            select(Job).where(Job.status.in_(LIVE_STATUSES), Job.lease_expires_at < now)
         ).all()
         for job in expired:
             values, level, message = _after_lost_worker(job, settings, now)
@@ -42,15 +45,15 @@ def sweep_once(settings: Settings) -> list[str]:
                 job_status_changed(session, job.id)
                 if values["status"] == "queued":
                     to_send.append((job.id, job.queue))
-        stale_before = now - timedelta(seconds=settings.requeue_after_seconds)
-        stale = session.scalars(
-            select(Job).where(Job.status == "queued", Job.enqueued_at < stale_before)
-        ).all()
-        for job in stale:
+                else:
+                    freed.add(job.project_id)
+        for job in _stale_queued(session, settings, now):
+            # last_sent_at, not enqueued_at, moves: the job keeps its place in its project's line.
             statement = (
                 update(Job)
-                .where(Job.id == job.id, Job.status == "queued", Job.enqueued_at == job.enqueued_at)
-                .values(enqueued_at=now)
+                .where(Job.id == job.id, Job.status == "queued")
+                .where(_same_or_null(Job.last_sent_at, job.last_sent_at))
+                .values(last_sent_at=now)
                 .execution_options(synchronize_session=False)
             )
             if rows_updated(session, statement) == 1:
@@ -64,7 +67,31 @@ def sweep_once(settings: Settings) -> list[str]:
             send_job(job_id, queue)
         except Exception:
             log.exception("re-enqueue of %s failed; next sweep retries", job_id)
+    for project_id in freed:
+        wake_project_queues(settings, project_id)
     return [job_id for job_id, _ in to_send]
+
+
+def _stale_queued(session: Session, settings: Settings, now: datetime) -> Sequence[Job]:
+    """Queued jobs whose last message is older than ``requeue_after_seconds`` and that could
+    start now: their project is under its running-job limit. A project at its limit gets a
+    wake-up when one of its jobs ends (workers/scheduling.py), so its waiting jobs are not
+    re-sent every interval for nothing."""
+    stale_before = now - timedelta(seconds=settings.requeue_after_seconds)
+    running = running_counts().subquery()
+    limit = func.coalesce(Project.max_running_jobs, settings.project_max_running_jobs)
+    return session.scalars(
+        select(Job)
+        .join(Project, Project.id == Job.project_id)
+        .outerjoin(running, running.c.project_id == Job.project_id)
+        .where(Job.status == "queued")
+        .where(func.coalesce(Job.last_sent_at, Job.enqueued_at) < stale_before)
+        .where(func.coalesce(running.c.running, 0) < limit)
+    ).all()
+
+
+def _same_or_null(column: Any, value: datetime | None) -> Any:
+    return column.is_(None) if value is None else column == value
 
 
 def _after_lost_worker(
@@ -89,8 +116,9 @@ def _after_lost_worker(
         values = {"status": "failed", "finished_at": now, "lease_owner": None,
                   "lease_expiries": lost, "error": error}  # fmt: skip
         return values, "error", error + "; giving up"
+    # It keeps enqueued_at (its place in its project's line); last_sent_at dates the re-send.
     values = {"status": "queued", "lease_owner": None, "lease_expires_at": None,
-              "lease_expiries": lost, "enqueued_at": now}  # fmt: skip
+              "lease_expiries": lost, "last_sent_at": now}  # fmt: skip
     return values, "warn", "worker lost; re-queued to resume from its last checkpoint"
 
 

@@ -31,7 +31,8 @@ LOGIT_COPIES_KD = 5
 LOGIT_COPIES_CE = 3
 # Sustained training throughput assumed per queue (FLOP/s): a shared CPU core set running
 # float32, and a datacenter GPU under bf16 autocast at ~30% of a 200 TFLOP/s peak.
-ASSUMED_FLOPS = {"cpu": 2.0e10, "gpu": 6.0e13}
+# gpu-multi: one process runs the job today (multi-process launching is not built yet).
+ASSUMED_FLOPS = {"cpu": 2.0e10, "gpu": 6.0e13, "gpu-multi": 6.0e13}
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 

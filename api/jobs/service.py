@@ -119,6 +119,8 @@ def create(
         resolved=resolved,
         metadata_=dict(spec.metadata),
         queue=spec.resources.queue,
+        priority=spec.priority,
+        nproc=spec.resources.nproc,
         enqueued_at=now,
     )
     repository.add(session, job)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from api.jobs.spec_method import CROSS_VOCAB_LOSSES, MethodSpec, Strict
 
@@ -122,11 +122,29 @@ class EvaluationSpec(Strict):
     max_new_tokens: int = Field(default=32, ge=1, le=4096)
 
 
+MAX_NPROC = 8
+# 0..9, higher runs first among the project's own jobs (fair share between projects first).
+Priority = Annotated[int, Field(ge=0, le=9, description="0..9, higher first within the project")]
+
+
 class ResourcesSpec(Strict):
-    queue: Literal["cpu", "gpu"] = "cpu"
-    nproc: int = Field(
-        default=1, ge=1, le=1, description="multi-process runs are not available yet"
-    )
+    """The resource class (a queue that workers listen to with ``-Q``) and the processes the
+    job needs. ``nproc > 1`` is only for ``gpu-multi``, which needs it; only a worker whose
+    DISTILL_WORKER_MAX_NPROC covers it takes the job (the run itself is still one process
+    until multi-process launching lands)."""
+
+    queue: Literal["cpu", "gpu", "gpu-multi"] = "cpu"
+    nproc: int = Field(default=1, ge=1, le=MAX_NPROC)
+
+    @field_validator("nproc")
+    @classmethod
+    def _nproc_fits_queue(cls, value: int, info: ValidationInfo) -> int:
+        queue = info.data.get("queue")  # absent when the queue itself was invalid
+        if queue == "gpu-multi" and value < 2:
+            raise ValueError("the gpu-multi queue is for jobs with nproc of 2 or more")
+        if queue in ("cpu", "gpu") and value != 1:
+            raise ValueError(f"nproc above 1 needs queue 'gpu-multi', not '{queue}'")
+        return value
 
 
 class DistillSpec(Strict):
@@ -142,6 +160,7 @@ class DistillSpec(Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    priority: Priority = 5
 
     @model_validator(mode="after")
     def _chunking(self) -> DistillSpec:

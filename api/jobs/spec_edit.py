@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from api.jobs.spec import LoraSpec, ResourcesSpec
+from api.jobs.spec import LoraSpec, Priority, ResourcesSpec
 from api.jobs.spec_method import Strict
 from ml.editing.apply import parse_hparams
 from ml.editing.locate import EditingError
@@ -84,6 +84,7 @@ class EditSpec(Strict):
     portability_disco: DiscoSpec | None = None
     seed: int = 0
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    priority: Priority = 5
 
     @model_validator(mode="after")
     def _stats_for_rank_updates(self) -> EditSpec:
@@ -133,3 +134,4 @@ class InjectSpec(Strict):
         default=None, description="null: r=16, alpha=32 on the attention projections present"
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    priority: Priority = 5

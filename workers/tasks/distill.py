@@ -10,7 +10,8 @@ import logging
 from api.config import get_settings
 from workers.celery_app import DISTILL_TASK, celery_app
 from workers.distill_run import run_claimed_job
-from workers.runtime import JobGone, claim_job, make_worker_id
+from workers.runtime import JobGone, make_worker_id
+from workers.scheduling import claim_for_message, project_of, wake_project_queues
 
 log = logging.getLogger(__name__)
 WORKER_ID = make_worker_id()
@@ -18,13 +19,21 @@ WORKER_ID = make_worker_id()
 
 @celery_app.task(name=DISTILL_TASK, ignore_result=True)
 def run_distill_job(job_id: str) -> None:
+    """The message is a wake-up for ``job_id``'s queue: the claim starts the fairest runnable
+    job there (workers/scheduling.py), which is often ``job_id`` itself."""
     settings = get_settings()
     try:
-        claimed = claim_job(settings, job_id, WORKER_ID)
+        claimed = claim_for_message(settings, job_id, WORKER_ID)
     except JobGone:
         log.warning("job %s does not exist; message dropped", job_id)
         return
-    if not claimed:  # redelivered, or taken by a live worker: never run a job twice at once
-        log.info("job %s is not queued; message dropped", job_id)
+    if claimed is None:  # nothing runnable, or a redelivery: never run a job twice at once
+        log.info("message for job %s started nothing", job_id)
         return
-    run_claimed_job(settings, job_id, WORKER_ID)
+    try:
+        run_claimed_job(settings, claimed, WORKER_ID)
+    finally:  # its slot is free: queued jobs of its project may start now
+        try:
+            wake_project_queues(settings, project_of(settings, claimed))
+        except Exception:
+            log.exception("wake-up after %s failed; the sweeper re-sends", claimed)
