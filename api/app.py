@@ -16,6 +16,8 @@ from api.datasets.routes import router as datasets_router
 from api.errors import install_error_handlers
 from api.idempotency.deps import install_replay_handler
 from api.jobs.routes import router as jobs_router
+from api.logging_setup import JobPathLogContext, configure_api_logging
+from api.metrics.routes import router as metrics_router
 from api.nul_guard import RejectNulCharacters
 from api.openai_compat.errors import install_openai_error_handler
 from api.openai_compat.routes import router as openai_router
@@ -35,6 +37,7 @@ async def _thread_pool_within_db_pool(_app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    configure_api_logging(settings.log_format)
     app = FastAPI(
         title="Distillation service",
         version="0.1.0",
@@ -59,6 +62,7 @@ def create_app() -> FastAPI:
     v1.include_router(openai_router)  # /v1/files, /v1/fine_tuning/jobs in OpenAI's shapes
     app.include_router(v1)
     app.include_router(dashboard_router)  # the web dashboard at /ui/
+    app.include_router(metrics_router)  # GET /metrics for Prometheus; not in the OpenAPI document
     app.add_middleware(
         BodySizeLimit,
         upload_limit=settings.max_upload_bytes,
@@ -66,6 +70,7 @@ def create_app() -> FastAPI:
     )
     app.add_middleware(ConcurrencyLimit)  # no thread/connection deadlock under load
     app.add_middleware(RejectNulCharacters)  # PostgreSQL text cannot hold NUL: a 422, not a 500
+    app.add_middleware(JobPathLogContext)  # log lines of /v1/jobs/{id} requests carry job_id
     return app
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +67,10 @@ class Settings(BaseSettings):
     webhook_backoff_max_seconds: float = 3600.0
     webhook_timeout_seconds: float = 10.0
     webhook_poll_seconds: float = 1.0
+    # GET /metrics (Prometheus): open when empty, else requests must send this bearer token.
+    metrics_token: str = ""
+    # json: one JSON object per log line, with job_id/project_id (api/logging_setup.py).
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("home", mode="after")
     @classmethod

@@ -1,0 +1,1 @@
+"""``GET /metrics``: the operator's Prometheus endpoint (not project-scoped)."""
