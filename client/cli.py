@@ -162,6 +162,15 @@ def _add_server_commands(tree: _CommandTree, top: argparse._SubParsersAction) ->
     create_project.add_argument(
         "--save", action="store_true", help="also write $DISTILL_HOME/credentials.json"
     )
+    create_project.add_argument(
+        "--max-running-jobs", type=int, help="jobs running at once (default: the server's)"
+    )
+    set_limit = tree.leaf(
+        admin, "set-project-limit", commands.cmd_admin_set_project_limit,
+        "set a project's limit on jobs running at once",
+    )  # fmt: skip
+    set_limit.add_argument("project_id")
+    set_limit.add_argument("max_running_jobs", help="a number, or 'default'")
 
 
 def build_parser() -> argparse.ArgumentParser:

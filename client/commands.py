@@ -290,10 +290,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_admin_set_project_limit(args: argparse.Namespace) -> int:
+    from api.errors import ProblemError
+    from api.projects.admin import set_project_limit_cli
+
+    raw = args.max_running_jobs
+    try:
+        limit = None if raw == "default" else int(raw)
+        print_json(set_project_limit_cli(args.project_id, limit))
+    except (ValueError, ProblemError) as error:
+        print(f"max_running_jobs: {getattr(error, 'detail', error)}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_admin_create_project(args: argparse.Namespace) -> int:
     from api.projects.admin import create_project_cli
 
-    project = create_project_cli(args.name)
+    limit = getattr(args, "max_running_jobs", None)
+    extra = {"max_running_jobs": limit} if limit is not None else {}
+    project = create_project_cli(args.name, **extra)
     project_id = project.get("id") or project.get("project_id")
     if args.save:
         url = args.url or os.environ.get("DISTILL_URL") or DEFAULT_URL

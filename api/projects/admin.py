@@ -20,11 +20,30 @@ def _key_exists(settings: Settings, key: str) -> bool:
         return session.scalar(select(ApiKey.id).where(ApiKey.key_hash == digest)) is not None
 
 
-def create_project_cli(name: str, settings: Settings | None = None) -> dict[str, Any]:
+def create_project_cli(
+    name: str, settings: Settings | None = None, *, max_running_jobs: int | None = None
+) -> dict[str, Any]:
+    """``max_running_jobs``: the project's limit on jobs running at once (None: the server's
+    DISTILL_PROJECT_MAX_RUNNING_JOBS)."""
     settings = settings or get_settings()
     with session_scope(settings.resolved_database_url) as session:
-        project, issued = service.create(session=session, name=name)
-        return {"project_id": project.id, "api_key": issued.secret}
+        project, issued = service.create(
+            session=session, name=name, max_running_jobs=max_running_jobs
+        )
+        return {"project_id": project.id, "api_key": issued.secret,
+                "max_running_jobs": project.max_running_jobs}  # fmt: skip
+
+
+def set_project_limit_cli(
+    project_id: str, max_running_jobs: int | None, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Change a project's running-job limit (None: back to the server's default)."""
+    settings = settings or get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        project = service.set_limit(
+            session=session, project_id=project_id, max_running_jobs=max_running_jobs
+        )
+        return {"project_id": project.id, "max_running_jobs": project.max_running_jobs}
 
 
 def ensure_local_credentials(settings: Settings, url: str) -> dict[str, Any]:

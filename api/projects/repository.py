@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import ApiKey, Project
+from workers.scheduling import running_in_project
 
 
 def get_project(session: Session, project_id: str) -> Project | None:
@@ -25,3 +26,8 @@ def list_keys(session: Session, project_id: str) -> list[ApiKey]:
 def get_key(session: Session, project_id: str, key_id: str) -> ApiKey | None:
     stmt = select(ApiKey).where(ApiKey.project_id == project_id, ApiKey.id == key_id)
     return session.scalar(stmt)
+
+
+def count_running(session: Session, project_id: str) -> int:
+    """Jobs of the project holding a worker: the count the scheduler compares with the limit."""
+    return running_in_project(session, project_id)

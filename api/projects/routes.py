@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from api.deps import CallerDep, SessionDep
+from api.deps import CallerDep, SessionDep, SettingsDep
 from api.errors import NotFound, Unauthorized, problem_responses
 from api.idempotency.deps import IdempotencyDep
 from api.projects import service
@@ -12,9 +12,11 @@ router = APIRouter(tags=["projects"], responses=problem_responses(Unauthorized))
 
 
 @router.get("/projects/me", response_model=ProjectOut)
-def get_my_project(caller: CallerDep, session: SessionDep) -> ProjectOut:
+def get_my_project(caller: CallerDep, session: SessionDep, settings: SettingsDep) -> ProjectOut:
     project = service.get_or_raise(session=session, project_id=caller.project_id)
-    return ProjectOut.model_validate(project)
+    limits = service.scheduling(session=session, settings=settings, project=project)
+    return ProjectOut(id=project.id, name=project.name, created_at=project.created_at,
+                      max_running_jobs=project.max_running_jobs, **limits)  # fmt: skip
 
 
 @router.get("/api-keys", response_model=list[ApiKeyOut])

@@ -10,6 +10,12 @@ class ProjectOut(BaseModel):
     id: str
     name: str
     created_at: datetime
+    max_running_jobs: int | None = Field(
+        description="the project's own limit on jobs running at once; null: the server's "
+        "default (DISTILL_PROJECT_MAX_RUNNING_JOBS)"
+    )
+    effective_max_running_jobs: int = Field(description="the limit the scheduler applies")
+    running_jobs: int = Field(description="jobs holding a worker: running, cancelling, pausing")
 
 
 class ApiKeyOut(BaseModel):
