@@ -13,17 +13,22 @@ the API's sync routes run on worker threads that copy the request's context.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 job_id_var: ContextVar[str | None] = ContextVar("distill_job_id", default=None)
 project_id_var: ContextVar[str | None] = ContextVar("distill_project_id", default=None)
@@ -46,6 +51,20 @@ def job_log_context(*, job_id: str, project_id: str | None = None) -> Iterator[N
     finally:
         project_id_var.reset(project_token)
         job_id_var.reset(job_token)
+
+
+def in_job_log_context(func: Callable[P, R]) -> Callable[P, R]:
+    """Runs ``func`` inside :func:`job_log_context` for its ``job_id`` argument (by keyword or
+    position), so a function that works on one job needs one line to log with its id."""
+    signature = inspect.signature(func)
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        job_id = signature.bind(*args, **kwargs).arguments["job_id"]
+        with job_log_context(job_id=str(job_id)):
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 def bind_project(project_id: str) -> None:

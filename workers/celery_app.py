@@ -73,3 +73,38 @@ def _start_webhook_deliverer(**_kwargs: object) -> None:
 
 # Every worker delivers the webhook outbox; rows are claimed one by one with a guarded UPDATE.
 worker_ready.connect(_start_webhook_deliverer, weak=False)
+
+
+def _start_heartbeat(sender: object = None, **_kwargs: object) -> None:
+    from workers.heartbeat import start_worker_heartbeat
+    from workers.tasks.distill import WORKER_ID  # the lease owner name: current_job_id follows
+
+    consumed = celery_app.amqp.queues.consume_from or {}
+    start_worker_heartbeat(get_settings(), WORKER_ID, sorted(consumed) or list(QUEUES))
+
+
+def _stop_heartbeat(**_kwargs: object) -> None:
+    from workers.heartbeat import stop_worker_heartbeat
+
+    stop_worker_heartbeat()
+
+
+# A worker_heartbeats row per process, for GET /metrics (live workers per queue).
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_shutdown  # noqa: E402
+
+worker_ready.connect(_start_heartbeat, weak=False)
+worker_shutdown.connect(_stop_heartbeat, weak=False)
+
+
+def _json_logs(logger: object = None, **_kwargs: object) -> None:
+    import logging
+
+    from api.logging_setup import use_json
+
+    if get_settings().log_format == "json" and isinstance(logger, logging.Logger):
+        use_json(logger)
+
+
+# DISTILL_LOG_FORMAT=json: Celery's handlers (root and task loggers) write JSON lines.
+after_setup_logger.connect(_json_logs, weak=False)
+after_setup_task_logger.connect(_json_logs, weak=False)

@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.config import Settings
+from api.logging_setup import bind_project, in_job_log_context
 from api.registry.service import register_job_output
 from api.webhooks.outbox import job_status_changed
 from ml.data.formatting import to_prompt_response
@@ -148,6 +149,7 @@ def build_config(job: Job, settings: Settings, device: str, event: EventSink) ->
     )
 
 
+@in_job_log_context  # every log line of this job carries job_id and project_id
 def run_claimed_job(settings: Settings, job_id: str, worker_id: str) -> None:
     recorder = JobRecorder(settings, job_id, worker_id)
     keeper = LeaseKeeper(settings, job_id, worker_id)
@@ -156,6 +158,8 @@ def run_claimed_job(settings: Settings, job_id: str, worker_id: str) -> None:
         with session_scope(settings.resolved_database_url) as session:
             job = session.scalars(select(Job).where(Job.id == job_id)).one()
             session.expunge(job)
+        bind_project(job.project_id)
+        log.info("running %s job %s from queue %s", job.kind, job_id, job.queue)
         device = pick_device(job.queue)
         if job.queue in ("gpu", "gpu-multi") and device == "cpu":
             recorder.event("warn", "no CUDA device on this worker; running on the CPU", {})

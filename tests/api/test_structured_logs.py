@@ -18,6 +18,7 @@ from api.logging_setup import (
     JsonFormatter,
     bind_project,
     configure_api_logging,
+    in_job_log_context,
     job_log_context,
 )
 
@@ -58,6 +59,23 @@ def test_records_carry_the_bound_job_and_lose_it_after(json_lines):
     assert running["job_id"] == "job_0001" and running["project_id"] == "prj_42"
     assert running["step"] == 3
     assert "job_id" not in after and "project_id" not in after
+
+
+def test_a_decorated_job_function_logs_with_its_job_id(json_lines):
+    logger, buffer = json_lines
+
+    @in_job_log_context
+    def run(settings: object, job_id: str, worker_id: str) -> None:
+        bind_project("prj_7")
+        logger.info("working")
+
+    run(None, "job_positional", "w1")
+    run(None, job_id="job_keyword", worker_id="w1")
+    logger.info("idle")
+    first, second, idle = lines(buffer)
+    assert (first["job_id"], first["project_id"]) == ("job_positional", "prj_7")
+    assert (second["job_id"], second["project_id"]) == ("job_keyword", "prj_7")
+    assert "job_id" not in idle and "project_id" not in idle
 
 
 def test_exception_and_unserialisable_extra(json_lines):
