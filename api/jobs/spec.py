@@ -134,7 +134,7 @@ class ResourcesSpec(Strict):
     until multi-process launching lands)."""
 
     queue: Literal["cpu", "gpu", "gpu-multi"] = "cpu"
-    nproc: int = Field(default=1, ge=1, le=MAX_NPROC)
+    nproc: int = Field(default=1, ge=1, le=MAX_NPROC, validate_default=True)
 
     @field_validator("nproc")
     @classmethod
