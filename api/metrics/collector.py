@@ -65,6 +65,7 @@ class ServiceCollector:
 
     def _queues(self, now: datetime) -> Iterable[GaugeMetricFamily]:
         waiting = {w.queue: w for w in repository.queued_jobs_by_queue(self.session)}
+        busy = repository.jobs_holding_a_worker_by_queue(self.session)
         depth = GaugeMetricFamily(
             "distill_queue_depth", "Jobs in status queued, per queue class.", labels=["queue"]
         )
@@ -73,13 +74,20 @@ class ServiceCollector:
             "Seconds since the oldest queued job of the queue was created (0 when none waits).",
             labels=["queue"],
         )
-        for queue in _union(self.queues, waiting):
+        running = GaugeMetricFamily(
+            "distill_queue_running",
+            "Jobs of the queue a worker is busy with (running, cancelling or pausing).",
+            labels=["queue"],
+        )
+        for queue in _union(self.queues, [*waiting, *busy]):
             row = waiting.get(queue)
             depth.add_metric([queue], row.jobs if row else 0)
             age = (now - row.oldest_created_at).total_seconds() if row else 0.0
             oldest.add_metric([queue], max(age, 0.0))
+            running.add_metric([queue], busy.get(queue, 0))
         yield depth
         yield oldest
+        yield running
 
     def _step_time(self) -> GaugeMetricFamily:
         family = GaugeMetricFamily(

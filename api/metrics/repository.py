@@ -50,6 +50,16 @@ def queued_jobs_by_queue(session: Session) -> list[QueueWaiting]:
     return [QueueWaiting(queue=q, jobs=int(n), oldest_created_at=oldest) for q, n, oldest in rows]
 
 
+def jobs_holding_a_worker_by_queue(session: Session) -> dict[str, int]:
+    """Jobs a worker is busy with (running, cancelling, pausing), per queue."""
+    rows = session.execute(
+        select(Job.queue, func.count())
+        .where(Job.status.in_(("running", "cancelling", "pausing")))
+        .group_by(Job.queue)
+    )
+    return {queue: int(count) for queue, count in rows}
+
+
 def recent_step_seconds(session: Session, *, last_steps: int) -> list[StepTime]:
     """Mean time of the last ``last_steps`` optimizer steps of each ``running`` job, averaged
     per queue over all those steps (each job counts with up to ``last_steps`` steps)."""

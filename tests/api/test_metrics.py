@@ -91,6 +91,7 @@ def test_jobs_queues_and_step_time_are_counted_exactly(own_db):
         add_job(session, project, status="failed", kind="inject")
         add_job(session, project, status="failed", kind="inject")
         add_job(session, project, status="paused")
+        add_job(session, project, status="cancelling", queue="gpu-big")  # holds a worker
 
     samples = scrape(own_db)
 
@@ -102,13 +103,17 @@ def test_jobs_queues_and_step_time_are_counted_exactly(own_db):
         key(state="succeeded", kind="edit"): 1.0,
         key(state="failed", kind="inject"): 2.0,
         key(state="paused", kind="distill"): 1.0,
+        key(state="cancelling", kind="distill"): 1.0,
     }
     assert of(samples, "distill_jobs") == expected_jobs
 
     expected_depth = {key(queue=q): 0.0 for q in QUEUES}
     expected_depth |= {key(queue="cpu"): 3.0, key(queue="gpu"): 1.0,
-                       key(queue="special-class"): 1.0}  # fmt: skip
+                       key(queue="special-class"): 1.0, key(queue="gpu-big"): 0.0}  # fmt: skip
     assert of(samples, "distill_queue_depth") == expected_depth
+    expected_running = {labels: 0.0 for labels in expected_depth}
+    expected_running |= {key(queue="cpu"): 2.0, key(queue="gpu"): 1.0, key(queue="gpu-big"): 1.0}
+    assert of(samples, "distill_queue_running") == expected_running
 
     ages = of(samples, "distill_queue_oldest_age_seconds")
     assert set(ages) == set(expected_depth)
