@@ -71,7 +71,8 @@ class ServiceCollector:
         )
         oldest = GaugeMetricFamily(
             "distill_queue_oldest_age_seconds",
-            "Seconds since the oldest queued job of the queue was created (0 when none waits).",
+            "Seconds the longest-waiting queued job of the queue has waited since it was enqueued "
+            "(created or resumed; 0 when none waits).",
             labels=["queue"],
         )
         running = GaugeMetricFamily(
@@ -82,7 +83,7 @@ class ServiceCollector:
         for queue in _union(self.queues, [*waiting, *busy]):
             row = waiting.get(queue)
             depth.add_metric([queue], row.jobs if row else 0)
-            age = (now - row.oldest_created_at).total_seconds() if row else 0.0
+            age = (now - row.waiting_since).total_seconds() if row else 0.0
             oldest.add_metric([queue], max(age, 0.0))
             running.add_metric([queue], busy.get(queue, 0))
         yield depth

@@ -21,7 +21,7 @@ TOKENS_KEY, TOKENS_PER_S_KEY = "train/tokens", "train/tokens_per_s"
 class QueueWaiting:
     queue: str
     jobs: int
-    oldest_created_at: datetime
+    waiting_since: datetime
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,17 @@ def count_jobs_by_status_and_kind(session: Session) -> dict[tuple[str, str], int
 
 
 def queued_jobs_by_queue(session: Session) -> list[QueueWaiting]:
-    """Jobs in status ``queued`` per queue and the creation time of the oldest. Creation, not
-    ``enqueued_at``: the sweeper moves ``enqueued_at`` forward each time it re-sends a job."""
+    """Jobs in status ``queued`` per queue, and when the longest-waiting one joined the line:
+    ``enqueued_at`` (set at creation and at resume; the sweeper's re-sends leave it alone, they
+    move ``last_sent_at``), or the creation time of a row written without one."""
+    since = func.coalesce(Job.enqueued_at, Job.created_at)
     rows = session.execute(
-        select(Job.queue, func.count(), func.min(Job.created_at))
+        select(Job.queue, func.count(), func.min(since))
         .where(Job.status == "queued")
         .group_by(Job.queue)
     )
-    # min() keeps its argument's type, so the UTC column type turns it aware on both databases.
-    return [QueueWaiting(queue=q, jobs=int(n), oldest_created_at=oldest) for q, n, oldest in rows]
+    # coalesce() and min() keep their argument's type: the UTC column type makes them aware.
+    return [QueueWaiting(queue=q, jobs=int(n), waiting_since=since) for q, n, since in rows]
 
 
 def jobs_holding_a_worker_by_queue(session: Session) -> dict[str, int]:

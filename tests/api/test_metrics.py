@@ -58,10 +58,12 @@ def key(**labels: str) -> frozenset[tuple[str, str]]:
 
 
 def add_job(session, project_id: str, *, status: str, kind: str = "distill", queue: str = "cpu",
-            age_s: float = 0.0) -> str:  # fmt: skip
+            age_s: float = 0.0, enqueued_s: float | None = None) -> str:  # fmt: skip
     job_id = new_id("job")
+    enqueued = None if enqueued_s is None else utcnow() - timedelta(seconds=enqueued_s)
     session.add(Job(id=job_id, project_id=project_id, kind=kind, status=status, spec={},
-                    queue=queue, created_at=utcnow() - timedelta(seconds=age_s)))  # fmt: skip
+                    queue=queue, created_at=utcnow() - timedelta(seconds=age_s),
+                    enqueued_at=enqueued))  # fmt: skip
     session.flush()
     return job_id
 
@@ -79,6 +81,8 @@ def test_jobs_queues_and_step_time_are_counted_exactly(own_db):
         for age in (30, 100, 60):
             add_job(session, project, status="queued", queue="cpu", age_s=age)
         add_job(session, project, status="queued", queue="gpu", kind="edit", age_s=50)
+        # Created long ago, resumed (enqueued again) 20 s ago: waits since the resume.
+        add_job(session, project, status="queued", queue="gpu", age_s=900, enqueued_s=20)
         # A queue no list names still shows up, not silently dropped.
         add_job(session, project, status="queued", queue="special-class", age_s=5)
         long_run = add_job(session, project, status="running", queue="cpu")
@@ -97,7 +101,7 @@ def test_jobs_queues_and_step_time_are_counted_exactly(own_db):
 
     expected_jobs = {key(state=s, kind=k): 0.0 for s in JOB_STATUSES for k in JOB_KINDS}
     expected_jobs |= {
-        key(state="queued", kind="distill"): 4.0,
+        key(state="queued", kind="distill"): 5.0,
         key(state="queued", kind="edit"): 1.0,
         key(state="running", kind="distill"): 3.0,
         key(state="succeeded", kind="edit"): 1.0,
@@ -108,7 +112,7 @@ def test_jobs_queues_and_step_time_are_counted_exactly(own_db):
     assert of(samples, "distill_jobs") == expected_jobs
 
     expected_depth = {key(queue=q): 0.0 for q in QUEUES}
-    expected_depth |= {key(queue="cpu"): 3.0, key(queue="gpu"): 1.0,
+    expected_depth |= {key(queue="cpu"): 3.0, key(queue="gpu"): 2.0,
                        key(queue="special-class"): 1.0, key(queue="gpu-big"): 0.0}  # fmt: skip
     assert of(samples, "distill_queue_depth") == expected_depth
     expected_running = {labels: 0.0 for labels in expected_depth}
