@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from api.config import Settings
@@ -85,7 +85,8 @@ def _stale_queued(session: Session, settings: Settings, now: datetime) -> Sequen
         .join(Project, Project.id == Job.project_id)
         .outerjoin(running, running.c.project_id == Job.project_id)
         .where(Job.status == "queued")
-        .where(func.coalesce(Job.last_sent_at, Job.enqueued_at) < stale_before)
+        .where(Job.enqueued_at < stale_before)  # both: a resumed job has a new enqueued_at
+        .where(or_(Job.last_sent_at.is_(None), Job.last_sent_at < stale_before))
         .where(func.coalesce(running.c.running, 0) < limit)
     ).all()
 

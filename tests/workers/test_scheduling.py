@@ -219,3 +219,15 @@ def test_wake_up_names_the_best_job_of_each_queue(settings):
     best_cpu = _submit(settings, a, queue="cpu", priority=7, at_seconds=1)
     gpu = _submit(settings, a, queue="gpu", at_seconds=2)
     assert sorted(wake_project_queues(settings, a)) == sorted([best_cpu, gpu])
+
+
+def test_a_resumed_job_is_not_re_sent_at_once(settings):
+    """Resume gives a job a new enqueued_at; an old last_sent_at must not make it look stale."""
+    a = _project(settings, "a")
+    job = _submit(settings, a)
+    long_ago = utcnow() - timedelta(hours=1)
+    with session_scope(settings.resolved_database_url) as session:
+        session.execute(
+            update(Job).where(Job.id == job).values(last_sent_at=long_ago, enqueued_at=utcnow())
+        )
+    assert sweep_once(settings) == []
