@@ -9,12 +9,23 @@ weight decay ``||δ|| / r²`` (as in ROME's released code) and ``||δ|| ≤ clam
 takes ``r = ||o||``, the original output at that token; a small model's output at some subject
 tokens is near zero, which would pin ``δ`` there, so ``r`` is ``max(||o||, the mean output norm
 over all tokens of the batch)``.
+
+**Searching through the update** (``through_update``, the default): the published search adds
+``δ`` at the subject's last token only, but the closed-form update that follows changes the
+projection's output at *every* token whose key overlaps the edited one (``ΔW x = δ · sᵀx`` with
+``s = C⁻¹k* / (k*ᵀC⁻¹k*)`` for ROME). On the 4-layer facts model that spill-over undid the edit
+for a sixth of the requests whose search had converged (docs/BENCHMARKS.md "Knowledge editing").
+With ``through_update`` the search applies ``δ`` the way the update will: a hook on each edited
+projection adds ``(x · S) δ`` at every token, ``S (in, N)`` the map from keys to per-request
+weights (:class:`UpdateSpread`), so the ``δ`` found is the one the edited model realises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -85,13 +96,43 @@ class ValueSearchParams:
     """ROME publishes weight_decay 0.5 and clamp 4 for GPT-2 XL; on the 4-layer facts model those
     stop the search short (docs/BENCHMARKS.md "Knowledge editing"), hence the looser defaults."""
 
-    steps: int = 60
+    steps: int = 200
     lr: float = 0.5
     kl_factor: float = 0.0625
     weight_decay: float = 0.001
     clamp_norm: float = 20.0
-    stop_nll: float = 0.02
+    stop_nll: float = 0.05
     contexts: tuple[str, ...] = ("{}",)
+    through_update: bool = True
+
+
+@dataclass
+class UpdateSpread:
+    """How a value shift ``δ (N, D)`` reaches every token once the closed-form update is made.
+
+    ``sites`` pairs an edited projection with ``S (in, N)``: that projection's output at a token
+    whose input is ``x (in,)`` moves by ``(x · S) δ`` — ROME: ``S = C⁻¹k* / (k*ᵀC⁻¹k*)``
+    (``N = 1``); MEMIT, one layer of ``L``: ``S = (λC₀ + KKᵀ)⁻¹ K / L``.
+    """
+
+    sites: list[tuple[nn.Module, Tensor]] = field(default_factory=list)
+
+
+@contextmanager
+def add_through_update(spread: UpdateSpread, delta: Tensor) -> Iterator[None]:
+    """Hooks adding ``(x · S) δ`` to each spread site's output, at every token."""
+
+    def hook_for(scales: Tensor) -> Any:
+        def hook(_module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+            weights = args[0].float() @ scales.to(args[0].device)  # (B, T, N)
+            return output + (weights @ delta).to(output.dtype)
+
+        return hook
+
+    with ExitStack() as stack:
+        for module, scales in spread.sites:
+            stack.callback(module.register_forward_hook(hook_for(scales)).remove)
+        yield
 
 
 def _output_at(
@@ -129,8 +170,10 @@ def search_values(
     requests: Sequence[EditRequest],
     module: nn.Module,
     params: ValueSearchParams,
+    spread: UpdateSpread | None = None,
 ) -> tuple[Tensor, Tensor, float]:
-    """Optimise one ``δ`` per request added to ``module``'s output at the subject's last token.
+    """Optimise one ``δ`` per request added to ``module``'s output at the subject's last token
+    (or, with ``spread``, through the update at every token: module docstring).
 
     Returns ``(delta (N, D), original_output (N, D), final target NLL)``; ``original_output`` is
     the module's output at the subject's last token of the bare prompt (first context). The
@@ -157,34 +200,43 @@ def search_values(
         p.requires_grad_(False)
     nll_value = float("inf")
     try:
-        for _ in range(params.steps):
+        # steps + 1 passes: the last one only measures, so the NLL returned is the final δ's
+        for step in range(params.steps + 1):
             optimizer.zero_grad()
-            with add_to_output(
-                module,
-                batch.rows.to(device),
-                batch.positions.to(device),
-                delta[batch.request.to(device)],
-            ):
+            if spread is not None:
+                shifted = add_through_update(spread, delta)
+            else:
+                shifted = add_to_output(
+                    module,
+                    batch.rows.to(device),
+                    batch.positions.to(device),
+                    delta[batch.request.to(device)],
+                )
+            with shifted:
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
             nll = F.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]),
                 labels[:, 1:].reshape(-1),
                 ignore_index=-100,
             )
+            nll_value = float(nll.detach())
+            if nll_value < params.stop_nll or step == params.steps:
+                break
             loss = nll
             if params.kl_factor > 0:
-                with add_to_output(
-                    module, torch.arange(len(requests), device=device), e_pos.to(device), delta
-                ):
+                if spread is not None:
+                    essence_shift = add_through_update(spread, delta)
+                else:
+                    essence_shift = add_to_output(
+                        module, torch.arange(len(requests), device=device), e_pos.to(device), delta
+                    )
+                with essence_shift:
                     e_logits = model(input_ids=e_ids, attention_mask=e_mask).logits.float()
                 essence_after = F.log_softmax(e_logits[torch.arange(len(requests)), e_pos], -1)
                 kl = F.kl_div(essence_after, essence_before, log_target=True, reduction="batchmean")
                 loss = loss + params.kl_factor * kl
             decay = (delta.norm(dim=-1) / reference[:, 0] ** 2).mean()
             loss = loss + params.weight_decay * decay
-            nll_value = float(nll.detach())
-            if nll_value < params.stop_nll:
-                break
             loss.backward()
             optimizer.step()
             with torch.no_grad():
