@@ -129,12 +129,15 @@ Priority = Annotated[int, Field(ge=0, le=9, description="0..9, higher first with
 
 class ResourcesSpec(Strict):
     """The resource class (a queue that workers listen to with ``-Q``) and the processes the
-    job needs. ``nproc > 1`` is only for ``gpu-multi``, which needs it; only a worker whose
-    DISTILL_WORKER_MAX_NPROC covers it takes the job (the run itself is still one process
-    until multi-process launching lands)."""
+    job needs. A distill job with ``nproc > 1`` trains in that many processes of one machine
+    (torch.distributed: gloo on ``cpu``, nccl on ``gpu-multi``; workers/distributed_launch.py);
+    only a worker whose DISTILL_WORKER_MAX_NPROC covers it takes the job. ``gpu`` stays one
+    process (one device); ``gpu-multi`` is for 2 or more. Several machines (``nnodes > 1``)
+    would need several workers started together (gang scheduling), which does not exist yet."""
 
     queue: Literal["cpu", "gpu", "gpu-multi"] = "cpu"
     nproc: int = Field(default=1, ge=1, le=MAX_NPROC, validate_default=True)
+    nnodes: int = Field(default=1, ge=1, description="machines; only 1 is available today")
 
     @field_validator("nproc")
     @classmethod
@@ -142,8 +145,18 @@ class ResourcesSpec(Strict):
         queue = info.data.get("queue")  # absent when the queue itself was invalid
         if queue == "gpu-multi" and value < 2:
             raise ValueError("the gpu-multi queue is for jobs with nproc of 2 or more")
-        if queue in ("cpu", "gpu") and value != 1:
-            raise ValueError(f"nproc above 1 needs queue 'gpu-multi', not '{queue}'")
+        if queue == "gpu" and value != 1:
+            raise ValueError("nproc above 1 on GPUs needs queue 'gpu-multi', not 'gpu'")
+        return value
+
+    @field_validator("nnodes")
+    @classmethod
+    def _one_node(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(
+                "multi-node jobs are not available yet (they need several workers started "
+                "together); use nnodes 1 with up to 8 processes (nproc)"
+            )
         return value
 
 

@@ -31,7 +31,17 @@ __all__ = ["refs"]  # the fixture, shared with test_jobs
         (
             {"resources": {"queue": "gpu", "nproc": 2}},
             ["body", "resources", "nproc"],
-            "nproc above 1 needs queue 'gpu-multi'",
+            "nproc above 1 on GPUs needs queue 'gpu-multi'",
+        ),
+        (
+            {"resources": {"queue": "cpu", "nproc": 9}},
+            ["body", "resources", "nproc"],
+            "less than or equal to 8",
+        ),
+        (
+            {"resources": {"queue": "cpu", "nproc": 2, "nnodes": 2}},
+            ["body", "resources", "nnodes"],
+            "multi-node jobs are not available yet",
         ),
         (
             {"resources": {"queue": "gpu-multi", "nproc": 9}},
@@ -70,6 +80,20 @@ def test_priority_and_resources_are_stored_on_the_job(api, auth, refs):
         rows = dict(session.execute(select(Job.id, Job.priority).where(Job.id.in_(ids))).all())
         nproc = session.scalars(select(Job.nproc).where(Job.id == job["id"])).one()
     assert rows == {job["id"]: 8, default["id"]: 5} and nproc == 4
+
+
+def test_a_cpu_job_may_ask_for_several_processes(api, auth, refs):
+    spec = _spec(refs, resources={"queue": "cpu", "nproc": 2})
+    created = api.client.post("/v1/jobs", headers=auth, json=spec)
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert job["queue"] == "cpu" and job["spec"]["resources"] == {
+        "queue": "cpu",
+        "nproc": 2,
+        "nnodes": 1,
+    }
+    with session_scope(api.database_url) as session:
+        assert session.scalars(select(Job.nproc).where(Job.id == job["id"])).one() == 2
 
 
 def test_projects_me_shows_the_limit_the_admin_sets(api):
