@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -69,6 +69,17 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = 1.0
     # GET /metrics (Prometheus): open when empty, else requests must send this bearer token.
     metrics_token: str = ""
+    # Shared artifact storage (api/storage.py). Empty: the local disk is the store, as always.
+    # ``s3://bucket/prefix``: the store is the source of truth and the data and artifact roots
+    # are this host's cache. Key and secret default to the usual AWS_* variables.
+    storage_url: str = ""
+    s3_endpoint_url: str = ""
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = ""
+    # Streamed transfers: the part size of multipart uploads and the read size (S3's minimum
+    # part is 5 MiB), so memory per transfer stays near this whatever the file's size.
+    storage_chunk_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
     # json: one JSON object per log line, with job_id/project_id (api/logging_setup.py).
     log_format: Literal["text", "json"] = "text"
 

@@ -17,12 +17,14 @@ from sqlalchemy.orm import Session
 from api.config import Settings
 from api.logging_setup import bind_project, in_job_log_context
 from api.registry.service import register_job_output
+from api.storage import open_store
 from api.webhooks.outbox import job_status_changed
 from ml.data.formatting import to_prompt_response
 from ml.distillation.recipe import DistillRecipe, RecipeConfig
 from ml.distillation.recipe_config import teacher_cache_fits
 from models import Job, new_id, utcnow
 from models.session import rows_updated, session_scope
+from workers.artifact_sync import fetch_job_inputs
 from workers.db_retry import run_unit
 from workers.edit_run import run_edit
 from workers.inject_run import run_inject
@@ -159,6 +161,7 @@ def run_claimed_job(settings: Settings, job_id: str, worker_id: str) -> None:
             job = session.scalars(select(Job).where(Job.id == job_id)).one()
             session.expunge(job)
         bind_project(job.project_id)
+        job.resolved = fetch_job_inputs(settings, job.resolved)  # paths here, fetched if missing
         log.info("running %s job %s from queue %s", job.kind, job_id, job.queue)
         device = pick_device(job.queue)
         if job.queue in ("gpu", "gpu-multi") and device == "cpu":
@@ -223,6 +226,7 @@ def _run(
         model_id = new_id("mdl")
         out_dir = settings.resolved_artifact_root / "models" / model_id
         recipe.save_student(out_dir)
+        open_store(settings).upload_dir(out_dir)  # shared storage: before the row names it
         with session_scope(settings.resolved_database_url) as session:
             row = register_job_output(
                 session=session,

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from api.config import Settings
 from api.registry.service import register_job_output
+from api.storage import open_store
 from ml.distillation.recipe_config import MetricPoint
 from ml.editing.apply import apply_edits, weight_delta
 from ml.editing.covariance import KeyCovarianceStore
@@ -193,6 +194,7 @@ def _save_and_register(
     delta_path = job_dir(settings, job.id) / "weight_delta.safetensors"
     delta_path.parent.mkdir(parents=True, exist_ok=True)
     save_file({name: t.contiguous().cpu() for name, t in delta.items()}, str(delta_path))
+    open_store(settings).upload_dir(out_dir)  # shared storage: before the row names it
     result["weight_delta"] = {"path": str(delta_path), "parameters": sorted(delta)}
     lineage = {
         "job_id": job.id,

@@ -10,6 +10,7 @@ from typing import Any
 
 from api.config import Settings
 from api.registry.service import register_job_output
+from api.storage import open_store
 from ml.data.formatting import to_prompt_response
 from ml.distillation.lora import save_lora_student
 from ml.distillation.recipe_config import MetricPoint
@@ -77,6 +78,7 @@ def run_inject(
     out_dir = settings.resolved_artifact_root / "models" / model_id
     merge = bool((lora or {}).get("merge", True))
     save_lora_student(outcome.model, tokenizer, out_dir, merge=merge)
+    open_store(settings).upload_dir(out_dir)  # shared storage: before the row names it
     lineage = {
         "job_id": job.id,
         "kind": "inject",

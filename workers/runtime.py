@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from api.config import Settings
+from api.storage import ArtifactCorrupt, StorageUnavailable, open_store
 from api.webhooks.outbox import job_status_changed
 from ml.distillation.checkpointing import directory_sha256
 from models import Checkpoint, Job, JobEvent, Metric, new_id, utcnow
@@ -200,6 +201,8 @@ class JobRecorder:
 
     def checkpoint(self, step: int, path: Path) -> None:
         digest, size = hash_tree(path)
+        store = open_store(self.settings)
+        store.upload_dir(path)  # in the shared store before any row names it (no-op on disk)
 
         def record(session: Session, _attempt: int) -> list[Checkpoint]:
             _hold_lease(session, self.job_id, self.worker_id)
@@ -224,11 +227,21 @@ class JobRecorder:
 
         old = self._unit(record, "checkpoint")
         for row in old:  # files go only after the rows that name them are gone
-            shutil.rmtree(row.path, ignore_errors=True)
+            local = store.localize(row.path)
+            shutil.rmtree(local, ignore_errors=True)
+            try:
+                store.remove_dir(local)
+            except StorageUnavailable:  # an orphan in the store costs space, not correctness
+                log.warning("could not delete checkpoint %s from the store", local.name)
 
     def resume_point(self) -> Path | None:
         """The newest intact checkpoint. Metrics and checkpoints after it are dropped: the
-        resumed run records those steps again, so no step is ever recorded twice."""
+        resumed run records those steps again, so no step is ever recorded twice. With shared
+        storage, checkpoints written on another host are fetched first (outside any database
+        transaction), newest first, until one arrives intact."""
+        store = open_store(self.settings)
+        if store.is_remote:
+            self._fetch_checkpoints()
 
         def choose(session: Session, _attempt: int) -> Path | None:
             rows = list(
@@ -240,7 +253,7 @@ class JobRecorder:
             )
             chosen: Checkpoint | None = None
             for row in rows:
-                path = Path(row.path)
+                path = store.localize(row.path)
                 if path.is_dir() and hash_tree(path)[0] == row.sha256:
                     chosen = row
                     break
@@ -252,9 +265,28 @@ class JobRecorder:
             session.execute(
                 delete(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.step > step)
             )
-            return Path(chosen.path) if chosen else None
+            return store.localize(chosen.path) if chosen else None
 
         return self._unit(choose, "resume_point")
+
+    def _fetch_checkpoints(self) -> None:
+        store = open_store(self.settings)
+
+        def listed(session: Session, _attempt: int) -> list[tuple[int, str, str]]:
+            query = select(Checkpoint).where(Checkpoint.job_id == self.job_id)
+            rows = session.scalars(query.order_by(Checkpoint.step.desc()))
+            return [(r.step, r.path, r.sha256) for r in rows]
+
+        for step, recorded, sha256 in self._unit(listed, "checkpoint list"):
+            local = store.localize(recorded)
+            if local.is_dir() and hash_tree(local)[0] == sha256:
+                return
+            shutil.rmtree(local, ignore_errors=True)  # a stale cache entry: the store decides
+            try:
+                store.ensure_dir(local, sha256)
+                return
+            except (ArtifactCorrupt, StorageUnavailable, ValueError) as exc:
+                log.warning("checkpoint at step %s not fetched: %s", step, exc)
 
     def finish(self, status: str, **values: Any) -> None:
         def write(session: Session, attempt: int) -> None:

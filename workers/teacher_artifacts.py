@@ -17,6 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from api.config import Settings
+from api.storage import StorageUnavailable, open_store
 from models import TeacherArtifact, new_id, utcnow
 from models.session import rows_updated, session_scope
 
@@ -58,7 +59,15 @@ def find_ready(
         row = session.scalars(stmt.order_by(TeacherArtifact.created_at.desc()).limit(1)).first()
         if row is None:
             return None
-        return ArtifactRef(row.id, Path(row.path), row.fingerprint, dict(row.settings))
+        found = ArtifactRef(row.id, Path(row.path), row.fingerprint, dict(row.settings))
+    # Shared storage: this host's cache path, fetched when another host built it.
+    store = open_store(settings)
+    path = store.localize(found.path)
+    try:
+        store.ensure_dir(path)
+    except StorageUnavailable:
+        return None  # as if not built: the job runs the teacher instead
+    return ArtifactRef(found.id, path, found.fingerprint, found.settings)
 
 
 def claim_build(
@@ -106,6 +115,7 @@ def claim_build(
 
 def mark_ready(settings: Settings, ref: ArtifactRef) -> None:
     size = sum(p.stat().st_size for p in ref.path.rglob("*") if p.is_file())
+    open_store(settings).upload_dir(ref.path)  # in the shared store before it is "ready"
     with session_scope(settings.resolved_database_url) as session:
         session.execute(
             update(TeacherArtifact)

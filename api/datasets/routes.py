@@ -9,6 +9,7 @@ from api.datasets.schemas import DatasetOut, DatasetPage
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.errors import InvalidInput, NotFound, PayloadTooLarge, Unauthorized, problem_responses
 from api.idempotency.deps import IdempotencyDep
+from api.storage import StorageUnavailable
 
 router = APIRouter(tags=["datasets"], responses=problem_responses(Unauthorized))
 
@@ -17,7 +18,7 @@ router = APIRouter(tags=["datasets"], responses=problem_responses(Unauthorized))
     "/datasets",
     response_model=DatasetOut,
     status_code=201,
-    responses=problem_responses(InvalidInput, PayloadTooLarge),
+    responses=problem_responses(InvalidInput, PayloadTooLarge, StorageUnavailable),
 )
 def upload_dataset(
     request: Request,

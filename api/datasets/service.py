@@ -10,6 +10,7 @@ from api.config import Settings
 from api.datasets import repository
 from api.datasets.storage import store_jsonl
 from api.errors import NotFound
+from api.storage import open_store
 from models import Dataset, new_id
 
 
@@ -19,6 +20,9 @@ def create(
     stored = store_jsonl(
         source, data_root=settings.resolved_data_root, max_bytes=settings.max_upload_bytes
     )
+    # Validated and hashed on this host's disk, then streamed to the shared store (when one is
+    # configured) before the row that names it exists: workers elsewhere fetch it from there.
+    open_store(settings).upload_file(settings.resolved_data_root / stored.relative_path)
     row = Dataset(
         id=new_id("ds"),
         project_id=project_id,

@@ -19,6 +19,7 @@ from api.idempotency.deps import IdempotencyDep
 from api.registry import service
 from api.registry.archives import pack_directory
 from api.registry.schemas import ModelOut, ModelPage, ModelRegister
+from api.storage import StorageUnavailable
 
 router = APIRouter(tags=["models"], responses=problem_responses(Unauthorized))
 
@@ -51,7 +52,7 @@ def register_model(
     "/models/upload",
     response_model=ModelOut,
     status_code=201,
-    responses=problem_responses(InvalidInput, PayloadTooLarge),
+    responses=problem_responses(InvalidInput, PayloadTooLarge, StorageUnavailable),
 )
 def upload_model(
     caller: CallerDep,

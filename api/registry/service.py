@@ -15,6 +15,7 @@ from api.registry import repository
 from api.registry.archives import extract_upload
 from api.registry.inspection import inspect_or_reject
 from api.registry.paths import confine_model_dir
+from api.storage import open_store
 from models import Model, new_id
 
 
@@ -34,6 +35,7 @@ def register_upload(
     model_dir = extract_upload(source, dest, max_bytes=settings.max_upload_bytes)
     try:
         info = inspect_or_reject(model_dir, loc=["file"])
+        open_store(settings).upload_dir(dest)  # shared with workers on other hosts, if any
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
