@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     webhook_backoff_max_seconds: float = 3600.0
     webhook_timeout_seconds: float = 10.0
     webhook_poll_seconds: float = 1.0
+    # Remote teachers (spec teacher.remote): the hosts a job may send its training tokens to
+    # (comma-separated names or addresses, compared to the URL's host); empty allows none.
+    remote_teacher_allowed_hosts: str = ""
     # GET /metrics (Prometheus): open when empty, else requests must send this bearer token.
     metrics_token: str = ""
     # Shared artifact storage (api/storage.py). Empty: the local disk is the store, as always.
