@@ -33,6 +33,7 @@ from ml.crossvocab.step import CrossVocabStep, build_cross_step
 from ml.data.examples import IGNORE_INDEX, collate, encode_example
 from ml.distillation.checkpointing import read_checkpoint, write_checkpoint
 from ml.distillation.chunked import check_logits_from_hidden
+from ml.distillation.distributed import World
 from ml.distillation.lora import LoraSettings, apply_lora, save_lora_student
 from ml.distillation.recipe_config import (
     CROSS_VOCAB_LOSSES,
@@ -40,6 +41,7 @@ from ml.distillation.recipe_config import (
     RecipeConfig,
     TrainOutcome,
 )
+from ml.distillation.remote_teacher import ScoreFn
 from ml.distillation.schedule import build_scheduler
 from ml.distillation.step_losses import MicroBatch, StepLosses
 from ml.distillation.student_init import build_student
@@ -64,13 +66,19 @@ class DistillRecipe:
         event_sink: Callable[[str, str, dict[str, Any]], None],
         should_stop: Callable[[], bool],
         on_checkpoint: Callable[[int, Path], None],
+        remote_score: ScoreFn | None = None,  # the remote teacher's, when config names one
+        world: World | None = None,
     ) -> None:
         config.validate()
+        self._remote_score = remote_score
         self.config = config
-        self._metrics_sink = metrics_sink
-        self._event_sink = event_sink
+        # Data parallel over ``world`` (ml/distillation/distributed.py); ranks > 0 write nothing.
+        self._world = world or World()
+        writes = self._world.writes
+        self._metrics_sink = metrics_sink if writes else lambda points: None
+        self._event_sink = event_sink if writes else lambda level, message, data: None
         self._should_stop = should_stop
-        self._on_checkpoint = on_checkpoint
+        self._on_checkpoint = on_checkpoint if writes else lambda step, path: None
         self.device = torch.device(config.device)
         self.total_steps = 0
         self.step = 0
@@ -141,7 +149,9 @@ class DistillRecipe:
                 encode_example(self.tokenizer, p, r, cfg.max_length) for p, r in cfg.train_records
             ]
         # Teachers after the data: a cache is checked against exactly these examples.
-        self._signal = build_teacher_signal(cfg, self.teacher, len(self._examples), self._event)
+        self._signal = build_teacher_signal(
+            cfg, self.teacher, len(self._examples), self._event, self._remote_score
+        )
         if self._signal.cache is not None:
             self.teacher = None  # the cache replaces its forward pass; evaluation reloads it
         self._losses = StepLosses(cfg, self._signal, self.tokenizer, self._autocast, self._cross)
@@ -163,6 +173,7 @@ class DistillRecipe:
         # Resume last: it overwrites weights, optimizer, scheduler, RNG and data position.
         if resume_from is not None:
             self._resume(Path(resume_from))
+        self._world.broadcast_parameters(self._trainable)  # every rank starts from rank 0's
         self._event(
             "info",
             "setup done",
@@ -173,6 +184,7 @@ class DistillRecipe:
                 "teacher_parameters": self.teacher.num_parameters() if self.teacher else None,
                 "device": str(self.device),
                 "start_step": self.step,
+                "world_size": self._world.world_size,
             },
         )
 
@@ -216,12 +228,17 @@ class DistillRecipe:
         """Run optimizer steps ``step + 1 .. total_steps``; evaluate at the end."""
         cfg = self.config
         while self.step < self.total_steps:
-            if self._should_stop():
+            if self._world.any(self._should_stop()):  # all ranks stop at the same step
                 self._flush_metrics()
                 self._event("info", "stop requested", {"step": self.step})
                 return TrainOutcome(stopped=True, step=self.step)
             self._train_step(list(self._next_micro_batches()))
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            # Weights are equal on every rank after a step: rank 0 alone saves them.
+            if (
+                cfg.checkpoint_every
+                and self.step % cfg.checkpoint_every == 0
+                and self._world.writes
+            ):
                 self.save_checkpoint()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
                 self._evaluate_and_record()
@@ -247,7 +264,12 @@ class DistillRecipe:
         pad_id = int(self.tokenizer.pad_token_id)  # type: ignore[union-attr]
         end = min(self._position + cfg.grad_accum, self._micro_per_epoch)
         for micro in range(self._position, end):
-            indices = order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
+            # This rank's disjoint share of the global micro-batch (all of it on one process).
+            indices = self._world.shard(
+                order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
+            )
+            if not indices:
+                continue
             examples = [self._examples[i] for i in indices]
             if self._cross is not None:
                 yield self._cross.collate(examples, indices), indices
@@ -270,7 +292,8 @@ class DistillRecipe:
             self.student, micro_batches, self.step + 1
         )
         n_tokens = sum(int((mb["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb, _ in micro_batches)
-        denominator = max(n_tokens, 1)
+        # The global batch's token count: ranks' gradients then sum to the one-process gradient.
+        denominator = max(int(self._world.sum([float(n_tokens)])[0]), 1)
         use_kd = cfg.loss != "ce"
         kd_params = self._kd_params()
         kd_total = ce_total = opd_kl_total = 0.0
@@ -289,6 +312,11 @@ class DistillRecipe:
             ce_total += float(ce_sum.detach())
             opd_kl_total += opd_kl
             (total / denominator).backward()
+        self._world.sum_gradients(self._trainable.parameters())
+        kd_total, ce_total, opd_kl_total, summed_tokens = self._world.sum(
+            [kd_total, ce_total, opd_kl_total, float(input_tokens)]
+        )  # logged values are the global batch's, so curves compare across process counts
+        input_tokens = int(summed_tokens)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self._trainable.parameters(), max_norm))
         lr = float(self.scheduler.get_last_lr()[0])
@@ -345,7 +373,7 @@ class DistillRecipe:
             )
 
     def _evaluate_and_record(self) -> dict[str, float]:
-        if not self.config.eval_records:
+        if not self.config.eval_records or not self._world.writes:
             return {}
         results = self.evaluate("student")
         for key in ("loss", "exact_match", "rouge_l"):
