@@ -96,7 +96,7 @@ class RemoteStore:
         staging = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}.part")
         digest = hashlib.sha256()
         try:
-            with self.fs.open(self._url(key), "rb", block_size=self.chunk_bytes) as src, \
+            with self.fs.open(self._url(key), "rb", cache_type="none") as src, \
                     staging.open("wb") as dst:  # fmt: skip
                 while chunk := src.read(self.chunk_bytes):
                     digest.update(chunk)
