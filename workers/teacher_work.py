@@ -10,20 +10,25 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api.config import Settings
 from ml.data.examples import encode_example
 from ml.distillation.data_modes import seqkd_records
+from ml.distillation.remote_teacher import cache_batch_targets
 from ml.distillation.sampling import GenerationSettings
 from ml.distillation.teacher_cache import (
     CaptureSettings,
     capture_teacher_targets,
     fingerprint_fields,
     fingerprint_of,
+    write_teacher_cache,
 )
 from ml.loading import load_causal_lm, load_tokenizer, weights_sha256
 from workers.teacher_artifacts import ArtifactRef, abandon, claim_build, find_ready, mark_ready
+
+if TYPE_CHECKING:
+    from workers.remote_teacher_client import RemoteTeacherHandle
 
 EventSink = Callable[[str, str, dict[str, Any]], None]
 
@@ -99,14 +104,20 @@ def prepare_teacher_cache(
     requested: dict[str, Any] | None,
     device: str,
     event: EventSink,
+    remote: RemoteTeacherHandle | None = None,
 ) -> CachePlan | None:
     """``requested`` None ("auto"): a ready cache for this teacher and these examples, if any.
-    Settings given: the cache with exactly those capture settings, built now if missing."""
+    Settings given: the cache with exactly those capture settings, built now if missing.
+    With ``remote``, the teacher is the remote one: named by its identity, built from its
+    top-k answers over the examples encoded with the student's tokenizer."""
     # The encoded examples are a function of (records, tokenizer, max_length), all three in the
     # fingerprint: looking a cache up needs no tokenization, only building one does.
     examples_hash = records_sha256(records)
-    teacher_hash = teacher_sha(teacher)
-    tokenizer_hash = teacher.get("tokenizer_sha256") or ""
+    if remote is not None:
+        teacher_hash, tokenizer_hash = remote.identity, remote.tokenizer_sha256
+    else:
+        teacher_hash = teacher_sha(teacher)
+        tokenizer_hash = teacher.get("tokenizer_sha256") or ""
 
     def fields_for(capture: CaptureSettings) -> dict[str, Any]:
         return fingerprint_fields(
@@ -137,9 +148,9 @@ def prepare_teacher_cache(
     if ref is None:
         event("warn", "another job is building this teacher cache; running the teacher", {})
         return None
-    tokenizer = load_tokenizer(Path(teacher["path"]))
+    tokenizer = load_tokenizer(remote.student_dir if remote else Path(teacher["path"]))
     examples = [encode_example(tokenizer, p, r, max_length) for p, r in records]
-    _build(settings, ref, teacher, examples, capture, fields, device, event)
+    _build(settings, ref, teacher, examples, capture, fields, device, event, remote)
     return CachePlan(ref.path, fingerprint, fields)
 
 
@@ -152,14 +163,23 @@ def _build(
     fields: dict[str, Any],
     device: str,
     event: EventSink,
+    remote: RemoteTeacherHandle | None = None,
 ) -> None:
     event("info", f"teacher cache miss: capturing {capture.mode} targets", {"artifact": ref.id})
-    model = load_causal_lm(Path(teacher["path"]), device=device)
     try:
-        manifest = capture_teacher_targets(
-            model, examples, ref.path, settings=capture, fingerprint=ref.fingerprint,
-            fingerprint_fields=fields, device=device,
-        )  # fmt: skip
+        if remote is not None:  # top-k only: the server never sends the whole distribution
+            if capture.mode != "topk":
+                raise ValueError("a remote teacher's cache is a top-k capture")
+            manifest = write_teacher_cache(
+                cache_batch_targets(remote.client.score, capture.k), examples, ref.path,
+                settings=capture, fingerprint=ref.fingerprint, fingerprint_fields=fields,
+            )  # fmt: skip
+        else:
+            model = load_causal_lm(Path(teacher["path"]), device=device)
+            manifest = capture_teacher_targets(
+                model, examples, ref.path, settings=capture, fingerprint=ref.fingerprint,
+                fingerprint_fields=fields, device=device,
+            )  # fmt: skip
         mark_ready(settings, ref)
     except BaseException:
         abandon(settings, ref)

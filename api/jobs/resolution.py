@@ -14,6 +14,7 @@ from api.config import Settings
 from api.datasets import repository as datasets
 from api.errors import InvalidInput, field_error
 from api.jobs.checkpoint_start import resolve_checkpoint_start
+from api.jobs.remote_teacher_rules import check_remote_student, resolve_remote_teacher
 from api.jobs.spec import CheckpointStartRef, DistillSpec, ModelInitRef
 from api.jobs.spec_method import CROSS_VOCAB_LOSSES
 from api.registry import repository as registry
@@ -110,6 +111,11 @@ def _resolve_teachers(
     for i, ref in enumerate(spec.all_teachers):
         loc: list[str | int] = ["body", "teachers", i, "model"] if several else [
             "body", "teacher", "model"]  # fmt: skip
+        if ref.remote is not None:
+            resolved = resolve_remote_teacher(settings, spec, ref.remote, [*loc[:-1], "remote"])
+            out.append({**resolved, "weight": ref.weight, "route": ref.route})
+            continue
+        assert ref.model is not None
         resolved = resolve_model(session, settings, project_id, ref.model, loc)
         if out and (
             resolved["vocab_size"] != out[0]["vocab_size"]
@@ -128,6 +134,9 @@ def _resolve_student(
     teacher: dict[str, Any],
 ) -> dict[str, Any]:
     student_ref = spec.student.model
+    if "remote" in teacher:  # the student's tokenizer is the vocabulary the teacher shares
+        ref = check_remote_student(spec)
+        return resolve_model(session, settings, project_id, ref, ["body", "student", "model"])
     if isinstance(student_ref, CheckpointStartRef):
         return resolve_checkpoint_start(session, project_id, student_ref, teacher, spec.method.loss)
     if not isinstance(student_ref, ModelInitRef):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -61,12 +62,59 @@ class CheckpointStartRef(Strict):
     from_checkpoint: CheckpointSource
 
 
+class RemoteTeacherSpec(Strict):
+    """A teacher served by an inference server, asked for top-k log-probabilities per position
+    (docs/SPEC.md "teacher.remote"); the host must be in DISTILL_REMOTE_TEACHER_ALLOWED_HOSTS."""
+
+    url: str = Field(min_length=1, max_length=2000, description="http(s) root of the server")
+    protocol: Literal["distill", "openai"] = Field(
+        default="distill", description="distill: /v1/score; openai: /v1/completions echo"
+    )
+    top_k: int = Field(default=20, ge=1, le=1000, description="log-probabilities per position")
+    model: str | None = Field(
+        default=None, min_length=1, max_length=200, description="openai: the served model name"
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="the worker's environment variable holding the key (never the key itself)",
+    )
+    timeout_s: float = Field(default=60.0, gt=0, le=3600, description="per request")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials: name an api_key_env instead")
+        return value
+
+    @model_validator(mode="after")
+    def _openai_model(self) -> RemoteTeacherSpec:
+        if self.protocol == "openai" and self.model is None:
+            raise ValueError("model: the openai protocol needs the served model's name")
+        return self
+
+
 class TeacherSpec(Strict):
-    model: str = Field(min_length=1, description="registered model id, or an allowed local path")
+    model: str | None = Field(
+        default=None, min_length=1, description="registered model id, or an allowed local path"
+    )
+    remote: RemoteTeacherSpec | None = Field(
+        default=None, description="instead of model: a teacher behind an inference server"
+    )
     weight: float = Field(default=1.0, ge=0, description="mixture weight among `teachers`")
     route: str | None = Field(
         default=None, description="with `routing`: the value of the routing field it teaches"
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherSpec:
+        if (self.model is None) == (self.remote is None):
+            raise ValueError("give exactly one of model or remote")
+        return self
 
 
 class RoutingSpec(Strict):

@@ -41,6 +41,7 @@ from ml.distillation.recipe_config import (
     RecipeConfig,
     TrainOutcome,
 )
+from ml.distillation.remote_teacher import ScoreFn
 from ml.distillation.schedule import build_scheduler
 from ml.distillation.step_losses import MicroBatch, StepLosses
 from ml.distillation.student_init import build_student
@@ -65,9 +66,11 @@ class DistillRecipe:
         event_sink: Callable[[str, str, dict[str, Any]], None],
         should_stop: Callable[[], bool],
         on_checkpoint: Callable[[int, Path], None],
+        remote_score: ScoreFn | None = None,  # the remote teacher's, when config names one
         world: World | None = None,
     ) -> None:
         config.validate()
+        self._remote_score = remote_score
         self.config = config
         # Data parallel over ``world`` (ml/distillation/distributed.py); ranks > 0 write nothing.
         self._world = world or World()
@@ -146,7 +149,9 @@ class DistillRecipe:
                 encode_example(self.tokenizer, p, r, cfg.max_length) for p, r in cfg.train_records
             ]
         # Teachers after the data: a cache is checked against exactly these examples.
-        self._signal = build_teacher_signal(cfg, self.teacher, len(self._examples), self._event)
+        self._signal = build_teacher_signal(
+            cfg, self.teacher, len(self._examples), self._event, self._remote_score
+        )
         if self._signal.cache is not None:
             self.teacher = None  # the cache replaces its forward pass; evaluation reloads it
         self._losses = StepLosses(cfg, self._signal, self.tokenizer, self._autocast, self._cross)

@@ -91,6 +91,10 @@ class RecipeConfig:
     teacher_cache_fingerprint: str | None = None
     teacher_cache_fields: dict[str, Any] | None = None
     lora: dict[str, Any] | None = None  # LoraSettings fields; None = train every weight
+    # A teacher behind an inference server instead of ``teacher_path`` (the spec's
+    # ``teacher.remote``: url, protocol, top_k, model, api_key_env, timeout_s); the recipe gets
+    # its score function from the caller (ml/distillation/remote_teacher.py).
+    remote_teacher: dict[str, Any] | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
@@ -104,8 +108,8 @@ class RecipeConfig:
             validate_loss_params(self.loss, self.loss_params)
         if self.kd_chunk_tokens < 0:
             raise ValueError(f"kd_chunk_tokens must be >= 0, got {self.kd_chunk_tokens}")
-        if self.loss != "ce" and self.teacher_path is None:
-            raise ValueError(f"loss {self.loss!r} needs a teacher_path")
+        if self.loss != "ce" and self.teacher_path is None and self.remote_teacher is None:
+            raise ValueError(f"loss {self.loss!r} needs a teacher_path or a remote_teacher")
         if self.student_path is None and not self.student_init:
             raise ValueError("give student_path or student_init")
         if self.teacher_path is None and self.student_path is None:
@@ -164,6 +168,24 @@ class RecipeConfig:
             raise ValueError("a teacher cache holds one teacher's targets")
         if self.kd_chunk_tokens and (several or cached or self.data_mode == "opd"):
             raise ValueError("kd_chunk_tokens works with one teacher run live, not opd")
+        if self.remote_teacher is not None:
+            self._validate_remote(several)
+
+    def _validate_remote(self, several: bool) -> None:
+        # A remote teacher sends top-k log-probabilities (and each token's own): enough for the
+        # sparse forward KL (as a top-k cache) and for opd's sampled-token reward, nothing else.
+        if self.teacher_path is not None or several:
+            raise ValueError("a remote teacher is the only teacher: no teacher_path besides it")
+        if self.student_path is None:
+            raise ValueError("a remote teacher needs a student_path: the student's tokenizer")
+        fits = (self.loss == "fkl" and self.data_mode in ("offline", "onpolicy")) or (
+            self.loss == "rkl" and self.data_mode == "opd"
+        )
+        if not fits or self.kd_chunk_tokens:
+            raise ValueError(
+                "a remote teacher works with loss 'fkl' (offline or onpolicy, top-k targets) or "
+                "'rkl' with data_mode 'opd', without kd_chunk_tokens"
+            )
 
     def to_json(self) -> str:
         """The whole config as JSON: how a launcher hands it to training processes."""

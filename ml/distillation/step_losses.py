@@ -119,26 +119,37 @@ class StepLosses:
         # With alpha_ce 0 the CE sum is only a metric: no graph, so no backward through it.
         with contextlib.nullcontext() if cfg.alpha_ce else torch.no_grad():
             ce_sum = ce_loss(logits, labels, reduction="sum")
-        if self.signal.cache is not None:
-            token_ids, weights = self.signal.sparse_targets(indices, logits.device)
+        tokens = batch["input_ids"][:, 1:]
+        remote = self.signal.remote
+        if remote is not None and cfg.data_mode == "opd":  # the sampled tokens' log p, exact
+            return ce_sum, *_opd_sums(logits, tokens, remote.token_logprobs(batch, logits.device),
+                                      mask)  # fmt: skip
+        if (mode := self.signal.sparse_mode) is not None:  # a cache, or a remote top-k
+            token_ids, weights = self.signal.sparse_targets(indices, logits.device, batch)
             entropy = None
-            if self.signal.cache.mode == "sampled":
+            if self.signal.cache is not None and mode == "sampled":
                 entropy = self.signal.cache.teacher_entropy(indices).to(logits.device)
             kd_sum = sparse_kd_loss(
-                logits[mask], token_ids, weights, mode=self.signal.cache.mode,
+                logits[mask], token_ids, weights, mode=mode,
                 temperature=cfg.temperature, reduction="sum", teacher_entropy=entropy,
             )  # fmt: skip
             return ce_sum, kd_sum, 0.0
         teacher_logits = self.signal.logits(inputs, indices, cfg.temperature)[:, :-1]
         if cfg.data_mode == "opd":
-            tokens = batch["input_ids"][:, 1:]
-            student_lp = sampled_token_logprobs(logits, tokens)
             teacher_lp = sampled_token_logprobs(teacher_logits, tokens)
-            kd_sum = opd_loss(student_lp, teacher_lp, mask, reduction="sum")
-            estimate = float(opd_reverse_kl(student_lp, teacher_lp, mask, reduction="sum"))
-            return ce_sum, kd_sum, estimate
+            return ce_sum, *_opd_sums(logits, tokens, teacher_lp, mask)
         kd_sum = kd_loss(
             logits, teacher_logits, method=cfg.loss, mask=mask, temperature=cfg.temperature,
             reduction="sum", **kd_params,
         )  # fmt: skip
         return ce_sum, kd_sum, 0.0
+
+
+def _opd_sums(
+    logits: Tensor, tokens: Tensor, teacher_lp: Tensor, mask: Tensor
+) -> tuple[Tensor, float]:
+    """opd's ``(loss sum, reverse-KL estimate)`` from shifted student logits ``(B, T-1, V)`` and
+    the teacher's log-probabilities of the same ``tokens`` ``(B, T-1)``."""
+    student_lp = sampled_token_logprobs(logits, tokens)
+    kd_sum = opd_loss(student_lp, teacher_lp, mask, reduction="sum")
+    return kd_sum, float(opd_reverse_kl(student_lp, teacher_lp, mask, reduction="sum"))

@@ -61,6 +61,7 @@ __all__ = [
     "cache_fingerprint",
     "capture_teacher_targets",
     "fingerprint_fields",
+    "write_teacher_cache",
 ]
 
 
@@ -178,6 +179,40 @@ def capture_teacher_targets(
     Returns:
         The manifest dict, as written to ``manifest.json``.
     """
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            return write_teacher_cache(
+                lambda batch, first: _capture_batch(teacher, batch, first, settings, device),
+                examples, out_dir, settings=settings, fingerprint=fingerprint,
+                fingerprint_fields=fingerprint_fields, batch_size=batch_size,
+                shard_examples=shard_examples, on_progress=on_progress,
+            )  # fmt: skip
+    finally:
+        teacher.train(was_training)
+
+
+# (a batch of encoded examples, index of its first example) -> per example (ids (n_i, K),
+# weights (n_i, K), entropy (n_i,)) at its response positions.
+BatchTargets = Callable[[list[dict[str, list[int]]], int], list[tuple[Tensor, Tensor, Tensor]]]
+
+
+def write_teacher_cache(
+    batch_targets: BatchTargets,
+    examples: list[dict[str, list[int]]],
+    out_dir: Path,
+    *,
+    settings: CaptureSettings,
+    fingerprint: str,
+    fingerprint_fields: dict[str, Any],
+    batch_size: int = 16,
+    shard_examples: int = 1024,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Write a cache from any source of per-example sparse targets (a local teacher's forward
+    pass, or a remote teacher's top-k: :func:`ml.distillation.remote_teacher.cache_batch_targets`).
+    Arguments and the atomic build as in :func:`capture_teacher_targets`."""
     if batch_size < 1 or shard_examples < 1:
         raise ValueError(
             f"batch_size and shard_examples must be >= 1 ({batch_size}, {shard_examples})"
@@ -190,16 +225,20 @@ def capture_teacher_targets(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
-    was_training = teacher.training
     try:
-        teacher.eval()
         writer = _ShardWriter(staging, shard_examples)
-        with torch.no_grad():
-            for start in range(0, len(examples), batch_size):
-                batch_examples = examples[start : start + batch_size]
-                _capture_batch(teacher, batch_examples, start, writer, settings, device)
-                if on_progress is not None:
-                    on_progress(start + len(batch_examples), len(examples))
+        for start in range(0, len(examples), batch_size):
+            batch_examples = examples[start : start + batch_size]
+            for example in batch_examples:
+                if len(example["input_ids"]) != len(example["labels"]):
+                    raise ValueError("an example's input_ids and labels differ in length")
+            rows = batch_targets(batch_examples, start)
+            if len(rows) != len(batch_examples):
+                raise ValueError(f"{len(rows)} targets for {len(batch_examples)} examples")
+            for ids, weights, entropy in rows:
+                writer.add(ids, weights, entropy)
+            if on_progress is not None:
+                on_progress(start + len(batch_examples), len(examples))
         writer.flush()
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -229,21 +268,15 @@ def capture_teacher_targets(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    finally:
-        teacher.train(was_training)
 
 
 def _capture_batch(
     teacher: torch.nn.Module,
     batch_examples: list[dict[str, list[int]]],
     first_index: int,
-    writer: _ShardWriter,
     settings: CaptureSettings,
     device: str,
-) -> None:
-    for example in batch_examples:
-        if len(example["input_ids"]) != len(example["labels"]):
-            raise ValueError("an example's input_ids and labels differ in length")
+) -> list[tuple[Tensor, Tensor, Tensor]]:
     # Right padding with any id: causal attention keeps real positions blind to it.
     batch = {k: v.to(device) for k, v in collate(batch_examples, pad_id=0).items()}
     logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -252,6 +285,7 @@ def _capture_batch(
     entropy = -(log_p.exp() * log_p).sum(dim=-1)
     if settings.mode == "topk":
         all_ids, all_weights = topk_targets(rows, settings.k)
+    out = []
     start = 0
     for offset, count in enumerate(counts):
         if settings.mode == "topk":
@@ -266,5 +300,6 @@ def _capture_batch(
                 proposal_temperature=settings.proposal_temperature,
                 generator=generator,
             )
-        writer.add(ids, weights, entropy[start : start + count])
+        out.append((ids, weights, entropy[start : start + count]))
         start += count
+    return out

@@ -1,6 +1,7 @@
 """Where a training step's teacher distribution comes from: one teacher model run live,
-several teachers (mixed, or one per example by route), or a sparse cache of targets captured
-earlier so the teacher does not run at all."""
+several teachers (mixed, or one per example by route), a sparse cache of targets captured
+earlier so the teacher does not run at all, or a remote teacher asked for its top-k per batch
+(:mod:`ml.distillation.remote_teacher`; the same sparse targets as a top-k cache)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from transformers import PreTrainedModel
 
 from ml.distillation.multi_teacher import mix_teacher_logits, route_teacher_logits
 from ml.distillation.recipe_config import RecipeConfig
+from ml.distillation.remote_teacher import RemoteTeacher, ScoreFn
 from ml.distillation.teacher_cache import TeacherCacheReader
 from ml.loading import load_causal_lm
 
@@ -31,11 +33,20 @@ class TeacherSignal:
         weights: list[float] | None = None,
         routes: list[int] | None = None,
         cache: TeacherCacheReader | None = None,
+        remote: RemoteTeacher | None = None,
     ) -> None:
         self.teachers = teachers
         self.weights = weights or [1.0] * len(teachers)
         self.routes = routes
         self.cache = cache
+        self.remote = remote
+
+    @property
+    def sparse_mode(self) -> str | None:
+        """``topk``/``sampled`` when KD reads sparse targets (a cache, a remote teacher)."""
+        if self.cache is not None:
+            return self.cache.mode
+        return "topk" if self.remote is not None else None
 
     @property
     def primary(self) -> PreTrainedModel | None:
@@ -58,11 +69,17 @@ class TeacherSignal:
         return mix_teacher_logits(outputs, self.weights, temperature)
 
     def sparse_targets(
-        self, example_indices: list[int], device: torch.device
+        self,
+        example_indices: list[int],
+        device: torch.device,
+        batch: Mapping[str, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Cached ``(token_ids, weights)`` ``(n_response_tokens, K)`` of these examples, in the
-        order ``logits[mask]`` selects positions (example by example, increasing position)."""
-        assert self.cache is not None
+        """Sparse ``(token_ids, weights)`` ``(n_response_tokens, K)`` of these examples, in the
+        order ``logits[mask]`` selects positions (example by example, increasing position):
+        read from the cache, or asked of the remote teacher for ``batch`` (one round trip)."""
+        if self.cache is None:
+            assert self.remote is not None and batch is not None
+            return self.remote.sparse_targets(batch, device)
         token_ids, weights = self.cache.targets(example_indices)
         return token_ids.to(device), weights.to(device)
 
@@ -77,9 +94,11 @@ def build_teacher_signal(
     teacher: PreTrainedModel | None,
     n_examples: int,
     event: Callable[[str, str, dict[str, Any]], None],
+    remote_score: ScoreFn | None = None,
 ) -> TeacherSignal:
     """The teacher signal a config asks for: none for ``ce``; a sparse cache opened against its
-    fingerprint (and checked to hold exactly ``n_examples``); or the live teacher(s)."""
+    fingerprint (and checked to hold exactly ``n_examples``); the remote teacher behind
+    ``remote_score`` when the config names one; or the live teacher(s)."""
     if config.loss == "ce":
         return TeacherSignal([])
     if config.teacher_cache_dir is not None:
@@ -95,6 +114,13 @@ def build_teacher_signal(
             )
         event("info", "KD targets from the teacher cache", {"mode": reader.mode})
         return TeacherSignal([], cache=reader)
+    if config.remote_teacher is not None:
+        if remote_score is None:
+            raise ValueError("the config names a remote teacher but no score function was given")
+        top_k = int(config.remote_teacher["top_k"])
+        event("info", "KD targets from the remote teacher",
+              {"url": config.remote_teacher["url"], "top_k": top_k})  # fmt: skip
+        return TeacherSignal([], remote=RemoteTeacher(remote_score, top_k))
     assert teacher is not None
     teachers = [teacher]
     for path in config.extra_teacher_paths:
