@@ -29,6 +29,7 @@ from workers.db_retry import run_unit
 from workers.edit_run import run_edit
 from workers.inject_run import run_inject
 from workers.mlflow_logging import MlflowMirror
+from workers.remote_teacher_client import RemoteTeacherHandle, open_remote_for_job
 from workers.runtime import JobRecorder, LeaseKeeper, LeaseLost, add_event, job_dir
 from workers.student_from_checkpoint import starting_student_dir
 from workers.teacher_work import EventSink, prepare_teacher_cache, seqkd_train_records
@@ -73,7 +74,13 @@ def split_train_eval(
     return [train[i] for i in keep], [routes[i] for i in keep], [train[i] for i in sorted(held)]
 
 
-def build_config(job: Job, settings: Settings, device: str, event: EventSink) -> RecipeConfig:
+def build_config(
+    job: Job,
+    settings: Settings,
+    device: str,
+    event: EventSink,
+    remote: RemoteTeacherHandle | None = None,
+) -> RecipeConfig:
     spec, resolved = job.spec, job.resolved
     method, training = spec["method"], spec["training"]
     params = method["params"]
@@ -97,6 +104,7 @@ def build_config(job: Job, settings: Settings, device: str, event: EventSink) ->
         cache = prepare_teacher_cache(
             settings, job_id=job.id, teacher=teacher, records=train,
             max_length=training["max_length"], requested=requested, device=device, event=event,
+            remote=remote,
         )  # fmt: skip
         if (
             cache is not None
@@ -110,7 +118,8 @@ def build_config(job: Job, settings: Settings, device: str, event: EventSink) ->
         student = {"path": str(starting_student_dir(settings, job.id, student))}
     route_index = {t["route"]: i for i, t in enumerate(teachers)}
     return RecipeConfig(
-        teacher_path=Path(teacher["path"]),
+        teacher_path=Path(teacher["path"]) if "path" in teacher else None,
+        remote_teacher=teacher.get("remote"),
         student_path=Path(student["path"]) if "path" in student else None,
         student_init=student.get("init"),
         train_records=train,
@@ -186,7 +195,13 @@ def run_claimed_job(settings: Settings, job_id: str, worker_id: str) -> None:
 def _run(
     settings: Settings, job: Job, device: str, recorder: JobRecorder, keeper: LeaseKeeper
 ) -> None:
-    config = build_config(job, settings, device, recorder.event)
+    remote = open_remote_for_job(settings, job.resolved, recorder.event)  # None: a local one
+    try:
+        config = build_config(job, settings, device, recorder.event, remote)
+    except BaseException:
+        if remote is not None:
+            remote.client.close()
+        raise
     mirror = MlflowMirror(settings, job, recorder.event)
 
     def metrics_sink(points: list[Any]) -> None:
@@ -199,6 +214,7 @@ def _run(
         event_sink=recorder.event,
         should_stop=keeper.should_stop,
         on_checkpoint=recorder.checkpoint,
+        remote_score=remote.client.score if remote is not None else None,
     )
     try:
         resume_from = recorder.resume_point()
@@ -222,7 +238,8 @@ def _run(
             mirror.end("cancelled")
             return
         result["student"] = outcome.eval or recipe.evaluate("student")
-        result["teacher"] = recipe.evaluate("teacher")
+        if remote is None:  # a remote teacher only scores: nothing here to evaluate
+            result["teacher"] = recipe.evaluate("teacher")
         model_id = new_id("mdl")
         out_dir = settings.resolved_artifact_root / "models" / model_id
         recipe.save_student(out_dir)
@@ -252,6 +269,8 @@ def _run(
             recipe.cleanup()  # flushes pending metrics: must not mask how the job ended
         except Exception:
             log.exception("cleanup of %s failed", job.id)
+        if remote is not None:
+            remote.client.close()
 
 
 def pause_here(
