@@ -236,6 +236,28 @@ class ArtifactStore:
             return self.ensure_file(local, sha256)
         return self.ensure_dir(local)
 
+    def has(self, local: Path) -> bool:
+        """Whether the store holds the file at ``local``'s key (False on the local disk)."""
+        if self.remote is None:
+            return False
+        key = self.key_for(local)
+        return bool(self._call("look up", local, lambda r: r.is_file(key)))
+
+    def fetch_recorded(self, recorded: str | Path, sha256: str | None = None) -> Path:
+        """This host's copy of what another host recorded at ``recorded``, fetched when missing:
+        a ``.jsonl`` dataset (``sha256`` of the file) or a directory (``sha256`` from
+        ``directory_sha256``). Paths outside the store's layout come back as recorded."""
+        local = self.localize(recorded)
+        if self.remote is None or local.exists():
+            return local
+        try:
+            self.key_for(local)
+        except ValueError:
+            return local  # a model root: the operator's, at the same path on every host
+        if local.suffix == ".jsonl":
+            return self.ensure_file(local, sha256)
+        return self.ensure_dir(local, sha256)
+
     def remove_dir(self, local: Path) -> None:
         if self.remote is not None:
             key = self.key_for(local)

@@ -10,13 +10,12 @@ directory and renamed into place, so a cache entry is never half there."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 from api.config import Settings
 from api.storage import ArtifactStore, open_store
 
-# Keys of ``resolved`` entries that hold a path to a model directory.
+# Keys of ``resolved`` entries that hold a recorded path (a dataset, model or checkpoint).
 _MODEL_PATH_KEYS = ("path", "teacher_path", "tokenizer_path")
 
 
@@ -39,19 +38,7 @@ def _walk(store: ArtifactStore, node: Any) -> None:
         return
     for key, value in list(node.items()):
         if key in _MODEL_PATH_KEYS and isinstance(value, str):
-            node[key] = str(_fetch(store, value, node.get("sha256") if key == "path" else None))
+            sha256 = node.get("sha256") if key == "path" else None
+            node[key] = str(store.fetch_recorded(value, sha256))
         else:
             _walk(store, value)
-
-
-def _fetch(store: ArtifactStore, recorded: str, sha256: str | None) -> Path:
-    local = store.localize(recorded)
-    if local == Path(recorded) and local.exists():
-        return local  # already here (this host wrote it), or a shared model root
-    try:
-        store.key_for(local)
-    except ValueError:
-        return local  # outside the store's layout (a model root): used as recorded
-    if local.suffix == ".jsonl":
-        return store.ensure_file(local, sha256)
-    return store.ensure_dir(local, sha256)

@@ -13,10 +13,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from api.config import get_settings
 from api.errors import field_error
 from api.jobs import repository
 from api.jobs.spec import CheckpointStartRef
 from api.jobs.spec_method import CROSS_VOCAB_LOSSES
+from api.storage import open_store
 from ml.distillation.checkpointing import MODEL_FILE, directory_sha256
 from models import Checkpoint, Job
 
@@ -42,7 +44,7 @@ def resolve_checkpoint_start(
                           "projectors, not a plain student")  # fmt: skip
     checkpoint = _checkpoint(session, source.id, source_ref.step)
     path = Path(checkpoint.path)
-    if not (path / MODEL_FILE).is_file() or directory_sha256(path)[0] != checkpoint.sha256:
+    if not _checkpoint_intact(path, checkpoint.sha256):
         msg = f"the checkpoint at step {checkpoint.step} of {source.id} is missing or does not "
         raise field_error([*LOC, "step"], msg + "match its recorded sha256")
     source_student = source.resolved["student"]
@@ -71,6 +73,20 @@ def resolve_checkpoint_start(
         "vocab_size": tokenizer["vocab_size"],
         "tokenizer_sha256": tokenizer["tokenizer_sha256"],
     }
+
+
+def _checkpoint_intact(recorded: Path, sha256: str) -> bool:
+    """Hashed here when this host holds the checkpoint. With shared storage and no local copy
+    (a worker on another host wrote it), its weights must be in the store: the worker checks
+    the sha256 when it fetches it, so the API never downloads checkpoints to validate a spec."""
+    store = open_store(get_settings())
+    local = store.localize(recorded)
+    if (local / MODEL_FILE).is_file():
+        return directory_sha256(local)[0] == sha256
+    try:
+        return store.has(local / MODEL_FILE)
+    except ValueError:  # outside the store's layout
+        return False
 
 
 def find_source(session: Session, project_id: str, job_id: str) -> Job:

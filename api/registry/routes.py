@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, File, Form, Query, Response, UploadFile
@@ -19,7 +18,7 @@ from api.idempotency.deps import IdempotencyDep
 from api.registry import service
 from api.registry.archives import pack_directory
 from api.registry.schemas import ModelOut, ModelPage, ModelRegister
-from api.storage import StorageUnavailable
+from api.storage import StorageUnavailable, open_store
 
 router = APIRouter(tags=["models"], responses=problem_responses(Unauthorized))
 
@@ -94,13 +93,21 @@ def get_model(model_id: str, caller: CallerDep, session: SessionDep) -> ModelOut
 @router.get(
     "/models/{model_id}/download",
     response_class=FileResponse,
-    responses={200: {"content": {"application/gzip": {}}}, **problem_responses(NotFound)},
+    responses={
+        200: {"content": {"application/gzip": {}}},
+        **problem_responses(NotFound, StorageUnavailable),
+    },
 )
 def download_model(
-    model_id: str, caller: CallerDep, session: SessionDep, background: BackgroundTasks
+    model_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    background: BackgroundTasks,
 ) -> FileResponse:
     row = service.get_or_raise(session=session, project_id=caller.project_id, model_id=model_id)
-    archive = pack_directory(Path(row.path))
+    # A job's output written on a worker host is fetched from the shared store, if one is set.
+    archive = pack_directory(open_store(settings).fetch_recorded(row.path))
     background.add_task(archive.unlink, missing_ok=True)
     return FileResponse(
         archive, media_type="application/gzip", filename=f"{row.name or row.id}.tar.gz"
