@@ -20,12 +20,14 @@ from api.registry.service import register_job_output
 from api.storage import open_store
 from api.webhooks.outbox import job_status_changed
 from ml.data.formatting import to_prompt_response
+from ml.distillation.distributed import World
 from ml.distillation.recipe import DistillRecipe, RecipeConfig
 from ml.distillation.recipe_config import teacher_cache_fits
 from models import Job, new_id, utcnow
 from models.session import rows_updated, session_scope
 from workers.artifact_sync import fetch_job_inputs
 from workers.db_retry import run_unit
+from workers.distributed_launch import StopControl, launch_ranks
 from workers.edit_run import run_edit
 from workers.inject_run import run_inject
 from workers.mlflow_logging import MlflowMirror
@@ -193,7 +195,11 @@ def run_claimed_job(settings: Settings, job_id: str, worker_id: str) -> None:
 
 
 def _run(
-    settings: Settings, job: Job, device: str, recorder: JobRecorder, keeper: LeaseKeeper
+    settings: Settings,
+    job: Job,
+    device: str,
+    recorder: JobRecorder,
+    keeper: LeaseKeeper,
 ) -> None:
     remote = open_remote_for_job(settings, job.resolved, recorder.event)  # None: a local one
     try:
@@ -202,6 +208,28 @@ def _run(
         if remote is not None:
             remote.client.close()
         raise
+    resume_from = recorder.resume_point()
+    if job.nproc > 1:  # torchrun children train; this process keeps the lease and waits
+        if remote is not None:
+            remote.client.close()
+            raise ValueError("a remote teacher trains in one process: set resources.nproc to 1")
+        launch_ranks(settings, job, config, resume_from, recorder, keeper)
+        return
+    train_and_register(settings, job, config, recorder, keeper, resume_from, None, remote)
+
+
+def train_and_register(
+    settings: Settings,
+    job: Job,
+    config: RecipeConfig,
+    recorder: JobRecorder,
+    keeper: StopControl,
+    resume_from: Path | None,
+    world: World | None,
+    remote: RemoteTeacherHandle | None = None,
+) -> None:
+    """setup / train / save / register, recorded through ``recorder``: the one process of a
+    job, or rank 0 of several (``world``; workers/distributed_rank.py)."""
     mirror = MlflowMirror(settings, job, recorder.event)
 
     def metrics_sink(points: list[Any]) -> None:
@@ -214,10 +242,10 @@ def _run(
         event_sink=recorder.event,
         should_stop=keeper.should_stop,
         on_checkpoint=recorder.checkpoint,
+        world=world,
         remote_score=remote.client.score if remote is not None else None,
     )
     try:
-        resume_from = recorder.resume_point()
         recipe.setup(resume_from=resume_from)
         result: dict[str, Any] = dict(job.result or {})
         if resume_from is None:
@@ -316,6 +344,7 @@ def run_record(job: Job, config: RecipeConfig) -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if config.device.startswith("cuda") else None,
         "seed": config.seed,
         "effective_batch_size": config.batch_size * config.grad_accum,
+        "nproc": job.nproc,  # processes sharing each global batch (data parallel)
         "total_steps_planned": config.max_steps,
         "spec_sha256": hashlib.sha256(spec_json).hexdigest(),
         "datasets_sha256": {k: d["sha256"] for k, d in job.resolved["datasets"].items()},
