@@ -240,6 +240,13 @@ class DistillSpec(Strict):
         return self
 
     @model_validator(mode="after")
+    def _processes(self) -> DistillSpec:
+        # Each rank would need its own client of the server: not built (workers/distill_run.py).
+        if self.resources.nproc > 1 and any(t.remote for t in self.all_teachers):
+            raise ValueError("a remote teacher trains in one process: set resources.nproc to 1")
+        return self
+
+    @model_validator(mode="after")
     def _teachers(self) -> DistillSpec:
         if (self.teacher is None) == (self.teachers is None):
             raise ValueError("give exactly one of teacher or teachers")

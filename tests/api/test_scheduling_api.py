@@ -44,6 +44,19 @@ __all__ = ["refs"]  # the fixture, shared with test_jobs
             "multi-node jobs are not available yet",
         ),
         (
+            {"resources": {"queue": "cpu", "nproc": 2, "fsdp": True}},
+            ["body", "resources", "fsdp"],
+            "Extra inputs are not permitted",
+        ),
+        (
+            {
+                "teacher": {"remote": {"url": "http://127.0.0.1:8100"}},
+                "resources": {"queue": "cpu", "nproc": 2},
+            },  # fmt: skip
+            ["body"],
+            "a remote teacher trains in one process: set resources.nproc to 1",
+        ),
+        (
             {"resources": {"queue": "gpu-multi", "nproc": 9}},
             ["body", "resources", "nproc"],
             "less than or equal to 8",
