@@ -4,8 +4,10 @@ have DISTILL_HOMEs of their own, as separate machines would: nothing reaches a w
 through the bucket.
 
 - A job on worker A runs from a dataset and a teacher archive uploaded through the API; its
-  checkpoints and its student land in the bucket, and the API serves the student from there.
-- Worker B, with an empty cache, starts a job from A's checkpoint (``from_checkpoint``).
+  checkpoints, its teacher cache and its student land in the bucket, and the API serves the
+  student from there.
+- Worker B, with an empty cache, starts a job from A's checkpoint (``from_checkpoint``),
+  reusing A's teacher cache.
 - A job paused on worker A resumes on worker B from the checkpoint A uploaded, with every step
   recorded once."""
 
@@ -70,7 +72,9 @@ def test_a_job_runs_from_the_bucket_and_another_host_starts_from_its_checkpoint(
     sha = api.call("GET", f"/v1/datasets/{dataset}")["sha256"]
     worker_a = worker_host(stack, tmp_path / "host-a", stack_logs)
 
-    job_id = api.call("POST", "/v1/jobs", 201, json=distill_spec(teacher, dataset))["id"]
+    spec = distill_spec(teacher, dataset)
+    spec["method"]["teacher_cache"] = {"mode": "topk", "k": 32}  # built here, shared below
+    job_id = api.call("POST", "/v1/jobs", 201, json=spec)["id"]
     done = api.wait_status(job_id, TERMINAL, timeout=300)
     assert done["status"] == "succeeded", api.events(job_id)
 
@@ -82,6 +86,8 @@ def test_a_job_runs_from_the_bucket_and_another_host_starts_from_its_checkpoint(
     out = done["output_model_id"]
     assert f"artifacts/models/{out}/model.safetensors" in keys
     assert f"artifacts/models/{out}/config.json" in keys
+    caches = {"/".join(k.split("/")[:4]) for k in keys if k.startswith("artifacts/teacher/logits/")}
+    assert len(caches) == 1
     # Worker A fetched its inputs into its own cache; the API host never saw the job's files.
     host_a = tmp_path / "host-a"
     assert (host_a / "data" / sha[:2] / f"{sha}.jsonl").read_bytes() == jsonl_file.read_bytes()
@@ -103,6 +109,11 @@ def test_a_job_runs_from_the_bucket_and_another_host_starts_from_its_checkpoint(
     assert finished["status"] == "succeeded", api.events(second)
     fetched = tmp_path / "host-b" / "artifacts" / "jobs" / job_id / "checkpoints" / "step_00000009"
     assert (fetched / "model.safetensors").is_file()
+    # The teacher cache that host A built is found ("auto") and fetched, not rebuilt.
+    messages = [e["message"] for e in api.events(second)]
+    assert "teacher cache hit" in messages and not any("cache miss" in m for m in messages)
+    (cache,) = caches
+    assert (tmp_path / "host-b" / cache).is_dir()
 
 
 STEPS = 300
