@@ -50,7 +50,8 @@ def resolve_checkpoint_start(
     source_student = source.resolved["student"]
     base = source_student.get("base", source_student)
     source_teacher = source.resolved["teacher"]
-    own = "path" in base and source_loss == "ce"  # the recipe's rule for the student's tokenizer
+    # The recipe's rule for the student's tokenizer (a remote teacher's job reads with its own).
+    own = "path" in base and (source_loss == "ce" or "remote" in source_teacher)
     tokenizer = {k: (base if own else source_teacher)[k] for k in ("vocab_size",
                  "tokenizer_sha256", "path")}  # fmt: skip
     if loss != "ce" and (
@@ -66,7 +67,7 @@ def resolve_checkpoint_start(
             "checkpoint_id": checkpoint.id,
             "path": str(path),
             "sha256": checkpoint.sha256,
-            "teacher_path": source_teacher["path"],
+            "teacher_path": source_teacher.get("path"),
             "tokenizer_path": tokenizer["path"],
         },
         "base": base,

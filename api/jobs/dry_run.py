@@ -130,17 +130,20 @@ def _plan(
     spec: DistillSpec, resolved: dict[str, Any], models: list[dict[str, Any]]
 ) -> dict[str, Any]:
     teacher = resolved["teacher"]
-    teacher_configs = [estimates.config_of(t["path"]) for t in resolved["teachers"]]
+    # A remote teacher (teacher.remote) has no local weights: it costs this host nothing.
+    teacher_configs = [estimates.config_of(t["path"]) for t in resolved["teachers"] if "path" in t]
     teacher_sizes = [estimates.describe_config(c) for c in teacher_configs]
     student_ref = resolved["student"]
     lora = spec.student.lora.model_dump() if spec.student.lora is not None else None
-    student_config = _student_config(student_ref, teacher_configs[0])
+    student_config = _student_config(student_ref, teacher_configs[0] if teacher_configs else None)
     student = estimates.describe_config(student_config, lora)
     if "path" not in student_ref:  # an init recipe: report the model it would build
         origin = {k: student_ref.get(k) for k in ("init", "from_checkpoint")}
         models.append({"role": "student", "id": None, "path": None, **origin, **student})
     loss = spec.method.loss
-    own_tokenizer = "path" in student_ref and (loss in CROSS_VOCAB_LOSSES or loss == "ce")
+    own_tokenizer = "path" in student_ref and (
+        loss in CROSS_VOCAB_LOSSES or loss == "ce" or "remote" in teacher
+    )
     tokenizer_dir = student_ref["path"] if own_tokenizer else teacher["path"]
     if "from_checkpoint" in student_ref:
         tokenizer_dir = student_ref["from_checkpoint"]["tokenizer_path"]
@@ -193,7 +196,8 @@ def _plan(
 def _student_config(student_ref: dict[str, Any], teacher_config: Any) -> Any:
     if "from_checkpoint" in student_ref:  # the source job's architecture, built from its teacher
         source_teacher = student_ref["from_checkpoint"]["teacher_path"]
-        return _student_config(student_ref["base"], estimates.config_of(source_teacher))
+        config = estimates.config_of(source_teacher) if source_teacher else None  # None: remote
+        return _student_config(student_ref["base"], config)
     if "path" in student_ref:
         return estimates.config_of(student_ref["path"])
     init = student_ref["init"]

@@ -91,6 +91,19 @@ def test_bad_remote_specs_name_the_field(api, auth, refs, remote, patch, loc, te
     assert api.client.get("/v1/jobs", headers=auth).json()["items"] == []
 
 
+def test_dry_run_reports_a_remote_teacher_job(api, auth, refs):
+    report = api.client.post("/v1/jobs/validate", headers=auth, json=_spec(refs))
+    assert report.status_code == 200, report.text
+    body = report.json()
+    assert body["valid"] is True and body["problems"] == []
+    assert body["method"]["teachers"] == 0  # no teacher weights on this host
+    assert body["memory"] is not None and body["plan"]["total_steps"] == 5
+    bad = api.client.post("/v1/jobs/validate", headers=auth,
+                          json=_spec(refs, {"url": "http://evil.example"})).json()  # fmt: skip
+    assert bad["valid"] is False
+    assert bad["problems"][0]["loc"] == ["body", "teacher", "remote", "url"]
+
+
 def test_model_and_remote_together_are_refused(api, auth, refs):
     spec = _spec(refs)
     spec["teacher"]["model"] = refs["student"]

@@ -59,9 +59,16 @@ def test_remote_teacher_jobs_with_a_cache_and_in_opd_mode(
     dataset = api.upload_dataset(jsonl_file)
     with teacher_server(tiny_teacher, stack[0].log_dir, top_k=8, api_key="s3cret") as server:
         cached = _spec(server.url, student, dataset, teacher_cache={"mode": "topk", "k": 8})
-        _, messages = _succeeds(api, cached)
+        cached["training"]["checkpoint_every"] = 3
+        cached_id, messages = _succeeds(api, cached)
         assert "remote teacher ready" in messages
         assert "teacher cache built" in messages and "KD targets from the teacher cache" in messages
+        # Its checkpoint can start a job distilling from a local teacher of the same vocabulary.
+        follow = _spec(server.url, student, dataset)
+        follow["teacher"] = {"model": api.register(tiny_teacher)}
+        follow["student"] = {"model": {"from_checkpoint": {"job": cached_id}}}
+        report = api.call("POST", "/v1/jobs/validate", 200, json=follow)
+        assert report["valid"] is True, report["problems"]
 
         opd = _spec(server.url, student, dataset, loss="rkl", data_mode="opd", params={},
                     generation={"max_new_tokens": 6})  # fmt: skip
