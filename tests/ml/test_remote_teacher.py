@@ -4,6 +4,8 @@ recipe with it against the local teacher on the same sparse path."""
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import torch
 
 from ml.data.examples import encode_example
 from ml.distillation.recipe import DistillRecipe, RecipeConfig
-from ml.distillation.remote_teacher import check_vocabulary
+from ml.distillation.remote_teacher import check_vocabulary, score_with_model
 from ml.distillation.teacher_cache import (
     CaptureSettings,
     cache_fingerprint,
@@ -221,3 +223,38 @@ def test_a_dead_server_fails_after_retries_naming_the_url(
         proc.kill()
         with pytest.raises(RemoteTeacherError, match=rf"{proc.url}/v1/score failed after 5"):
             client.score(row, mask)
+
+
+def test_a_server_that_never_answers_times_out_then_fails(tiny_teacher_dir: Path) -> None:
+    with socket.socket() as listener:  # accepts connections (the kernel's backlog), never replies
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        spec = {"url": url, "protocol": "distill", "top_k": 4, "timeout_s": 0.5}
+        client = RemoteTeacherClient(spec, tokenizer=load_tokenizer(tiny_teacher_dir),
+                                     retries=1, backoff_seconds=0.05)  # fmt: skip
+        started = time.monotonic()
+        with pytest.raises(RemoteTeacherError, match=rf"{url}/v1/score failed after 2.*Timeout"):
+            client.score(torch.tensor([[1, 5, 9]]), torch.ones((1, 3), dtype=torch.long))
+        assert time.monotonic() - started < 10
+
+
+def test_onpolicy_fkl_through_the_server_equals_in_process_scoring(
+    server: TeacherProcess,
+    student_dir: Path,
+    tiny_teacher_dir: Path,
+    make_config: Callable[..., RecipeConfig],
+) -> None:
+    common = {"student_path": student_dir, "student_init": None, "teacher_path": None,
+              "max_steps": 2, "data_mode": "onpolicy", "lmbda": 1.0,
+              "generation": {"max_new_tokens": 6, "temperature": 1.0},
+              "remote_teacher": {"url": server.url, "top_k": TOP_K}}  # fmt: skip
+    client = _client(server, student_dir)
+    over_http = _recipe_run(make_config(**common), client.score)
+    teacher = load_causal_lm(tiny_teacher_dir)
+    in_process = _recipe_run(
+        make_config(**common), lambda ids, mask: score_with_model(teacher, ids, mask, TOP_K)
+    )
+    assert set(over_http.series("train/onpolicy").values()) == {1.0}
+    for key in ("train/loss_kd", "train/grad_norm"):
+        assert torch.allclose(_series(over_http, key), _series(in_process, key), rtol=1e-5), key
