@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.config import get_settings
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.errors import (
     Conflict,
@@ -24,6 +25,7 @@ from api.errors import (
     problem_responses,
 )
 from api.registry import service
+from api.storage import StorageUnavailable, open_store
 from ml.editing.disco import disco_next_token_logits
 from ml.editing.metrics import model_next_token_logits
 from ml.evaluation.decoding import decode
@@ -80,7 +82,9 @@ def _loaded(row: Model, limit: int) -> tuple[Any, Any]:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]  # type: ignore[no-any-return]
-    loaded = (load_causal_lm(row.path), load_tokenizer(row.path))
+    # A job's output written on a worker host is fetched from the shared store, if one is set.
+    path = open_store(get_settings()).fetch_recorded(row.path)
+    loaded = (load_causal_lm(path), load_tokenizer(path))
     with _LOCK:
         _CACHE[key] = loaded
         while len(_CACHE) > CACHED_MODELS:
@@ -96,7 +100,7 @@ def _pad_id(tokenizer: Any) -> int:
 @router.post(
     "/models/{model_id}/generate",
     response_model=GenerateResponse,
-    responses=problem_responses(NotFound, InvalidInput, ModelTooLarge),
+    responses=problem_responses(NotFound, InvalidInput, ModelTooLarge, StorageUnavailable),
 )
 def generate(
     model_id: str,

@@ -5,7 +5,7 @@ through the bucket.
 
 - A job on worker A runs from a dataset and a teacher archive uploaded through the API; its
   checkpoints, its teacher cache and its student land in the bucket, and the API serves the
-  student from there.
+  student (download, generate) from there.
 - Worker B, with an empty cache, starts a job from A's checkpoint (``from_checkpoint``),
   reusing A's teacher cache.
 - A job paused on worker A resumes on worker B from the checkpoint A uploaded, with every step
@@ -94,7 +94,10 @@ def test_a_job_runs_from_the_bucket_and_another_host_starts_from_its_checkpoint(
     assert (host_a / "artifacts" / "models" / teacher / "teacher" / "config.json").is_file()
     assert not (tmp_path / "home" / "artifacts" / "jobs").exists()
     assert not (tmp_path / "home" / "artifacts" / "models" / out).exists()
-    # The API serves the student from the bucket.
+    # The API host fetches the student from the bucket to serve it.
+    body = {"prompts": ["Add 2 and 3."], "max_new_tokens": 4}
+    generated = api.call("POST", f"/v1/models/{out}/generate", json=body)
+    assert len(generated["completions"]) == 1
     archive = api.call("GET", f"/v1/models/{out}/download").content
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         assert f"{out}/model.safetensors" in tar.getnames()
