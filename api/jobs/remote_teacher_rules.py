@@ -75,9 +75,6 @@ def _check_method(spec: DistillSpec, remote: RemoteTeacherSpec) -> None:
             f"with a remote teacher, '{method.loss}' works with data_mode "
             f"{' or '.join(REMOTE_FITS[method.loss])}, not '{method.data_mode}'",
         )
-    if spec.resources.nproc > 1:
-        msg = "a remote teacher's job trains in one process: set nproc to 1"
-        raise field_error(["body", "resources", "nproc"], msg)
     if spec.training.kd_chunk_tokens:
         msg = "a remote teacher sends top-k targets: there is nothing to chunk"
         raise field_error(["body", "training", "kd_chunk_tokens"], msg)
