@@ -52,7 +52,7 @@ __all__ = ["refs"]  # the fixture, shared with test_jobs
             {
                 "teacher": {"remote": {"url": "http://127.0.0.1:8100"}},
                 "resources": {"queue": "cpu", "nproc": 2},
-            },  # fmt: skip
+            },
             ["body"],
             "a remote teacher trains in one process: set resources.nproc to 1",
         ),

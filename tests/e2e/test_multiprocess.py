@@ -66,8 +66,9 @@ def test_two_process_job_matches_one_process(two_process_stack, tiny_teacher, js
 
     want, got = _losses(api, single["id"]), _losses(api, double["id"])
     assert sorted(got) == list(range(1, 9))
-    for step, value in want.items():
-        assert got[step] == pytest.approx(value, rel=LOSS_RTOL), step
+    worst = max(abs(got[s] - v) / abs(v) for s, v in want.items())
+    print(f"largest relative loss difference, 2 processes vs 1: {worst:.2e}")  # pytest -s
+    assert worst <= LOSS_RTOL, (got, want)
 
     # Written once: one rank set up, checkpointed and evaluated (the metrics table would hide
     # a duplicate row; the events table keeps every write).
@@ -133,5 +134,6 @@ def test_pause_then_resume_on_two_processes(two_process_stack, tiny_teacher, jso
     assert api.wait_status(reference, TERMINAL, timeout=300)["status"] == "succeeded"
     got, want = _losses(api, job_id), _losses(api, reference)
     assert sorted(got) == list(range(1, steps + 1))  # none twice, none missing
-    for s, value in want.items():
-        assert got[s] == pytest.approx(value, rel=LOSS_RTOL), s
+    worst = max(abs(got[s] - v) / abs(v) for s, v in want.items())
+    print(f"largest relative loss difference over {steps} steps, paused: {worst:.2e}")
+    assert worst <= LOSS_RTOL, (got, want)

@@ -62,6 +62,7 @@ def _rank_main(rank: int, world_size: int, port: int, config_json: str, out: str
         "stopped": outcome.stopped,
         "loss": recorder.series("train/loss"),
         "tokens": recorder.series("train/tokens"),
+        "tokens_per_s": list(recorder.series("train/tokens_per_s").values()),
         "n_metric_points": sum(len(b) for b in recorder.batches),
         "n_events": len(recorder.events),
         "checkpoints": [[step, str(path)] for step, path in recorder.checkpoints],
