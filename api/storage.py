@@ -271,10 +271,10 @@ class ArtifactStore:
             raise
         except FileNotFoundError as exc:
             raise StorageUnavailable(f"{what} of {local.name}: not in the store ({exc})") from exc
-        except Exception as exc:  # botocore/aiohttp errors: name the type, never the options
-            log.warning("storage %s of %s failed: %s", what, local, type(exc).__name__)
+        except Exception as exc:  # botocore/aiohttp errors: the type for callers, no details
+            log.warning("storage %s of %s failed: %s: %s", what, local, type(exc).__name__, exc)
             raise StorageUnavailable(
-                f"{what} of {local.name} failed: {type(exc).__name__}: {exc}"
+                f"the artifact store failed the {what} of {local.name} ({type(exc).__name__})"
             ) from exc
 
 
