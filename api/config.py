@@ -91,6 +91,14 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.resolve()
 
+    @field_validator("storage_url", mode="after")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        scheme, sep, root = value.partition("://")
+        if value and (not sep or not scheme or not root.strip("/") or ".." in root.split("/")):
+            raise ValueError("DISTILL_STORAGE_URL must look like s3://bucket/prefix")
+        return value
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'distill.db'}"

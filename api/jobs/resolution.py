@@ -20,6 +20,7 @@ from api.jobs.spec_method import CROSS_VOCAB_LOSSES
 from api.registry import repository as registry
 from api.registry.inspection import inspect_or_reject
 from api.registry.paths import confine_model_dir
+from api.storage import open_store
 from ml.distillation.lora import linear_module_names_for_config, linear_module_names_for_dir
 
 # Layer copying needs a LLaMA-style decoder (model.layers): ml.loading.init_student_from_teacher.
@@ -74,9 +75,12 @@ def resolve_dataset(
         raise field_error(
             loc, f"dataset {ref} holds {row.format} lines; this field needs " + " or ".join(formats)
         )
+    # Uploaded through another API host: fetched from the shared store (checked against its
+    # sha256) for the checks that read it here (routing field, dry run); a no-op on one disk.
+    path = open_store(settings).ensure_file(settings.resolved_data_root / row.path, row.sha256)
     return {
         "id": row.id,
-        "path": str(settings.resolved_data_root / row.path),
+        "path": str(path),
         "sha256": row.sha256,
         "rows": row.rows,
         "format": row.format,

@@ -85,3 +85,33 @@ def test_an_unreachable_store_is_a_503_and_records_nothing(
     assert response.json()["title"] == "Storage unavailable"
     assert SECRET_KEY not in response.text
     assert api.client.get("/v1/datasets", headers=auth).json()["items"] == []
+
+
+def test_another_api_host_fetches_a_dataset_it_lacks_for_a_dry_run(
+    s3_env, api, auth, jsonl_file, tiny_teacher
+):
+    from api.config import get_settings
+
+    dataset = _upload(api, auth, jsonl_file).json()
+    local = get_settings().resolved_data_root / dataset["sha256"][:2] / f"{dataset['sha256']}.jsonl"
+    local.unlink()  # this host never saw the upload (another API replica took it)
+    teacher = api.client.post("/v1/models", headers=auth, json={"path": str(tiny_teacher)})
+    spec = {
+        "kind": "distill", "dry_run": True,
+        "teacher": {"model": teacher.json()["id"]},
+        "student": {"model": {"init": {"from_teacher_layers": "every_2nd"}}},
+        "dataset": {"train": dataset["id"]}, "method": {"loss": "fkl"},
+    }  # fmt: skip
+    response = api.client.post("/v1/jobs", headers=auth, json=spec)
+    assert response.status_code == 200, response.text
+    assert local.read_bytes() == jsonl_file.read_bytes()
+
+
+@pytest.mark.parametrize("url", ["bucket/prefix", "s3://", "s3://bucket/../other"])
+def test_a_malformed_storage_url_is_refused(url):
+    from pydantic import ValidationError
+
+    from api.config import Settings
+
+    with pytest.raises(ValidationError, match="s3://bucket/prefix"):
+        Settings(storage_url=url)
