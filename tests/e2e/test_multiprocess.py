@@ -3,10 +3,14 @@ processes, DISTILL_WORKER_MAX_NPROC=2) runs a ``resources: {queue: cpu, nproc: 2
 gloo ranks under torchrun (workers/distributed_launch.py). The job's loss curve equals the same
 spec's on one process, each step and event is recorded once (rank 1 writes nothing), a model is
 registered; a cancel leaves no rank process behind; a pause checkpoints and the resumed
-two-process run continues on the one-process curve."""
+two-process run continues on the one-process curve; a killed rank fails the job (with the
+ranks' log tail) and takes the other rank down; ranks whose worker dies stop by themselves."""
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,7 @@ LOSS_RTOL = 1e-4  # measured: about 1e-7 (float32 sums in another order)
 @pytest.fixture
 def two_process_stack(
     tmp_path: Path, model_root: Path, stack_logs: list[Stack]
-) -> tuple[Stack, Api, Path]:
+) -> Iterator[tuple[Stack, Api, Path]]:
     """The embedded stack with a worker that takes jobs of up to two processes."""
     home = tmp_path / "home"
     logs = tmp_path / "logs"
@@ -30,7 +34,12 @@ def two_process_stack(
     stack = Stack(env=stack_env(home, model_root, DISTILL_WORKER_MAX_NPROC="2"), log_dir=logs)
     stack_logs.append(stack)
     stack.start_serve()
-    return stack, Api(stack.url, credentials(home)), home
+    yield stack, Api(stack.url, credentials(home)), home
+    stack.stop()
+    for folder in (home / "artifacts" / "jobs").glob("*/ranks"):  # a failed test's leftovers
+        for pid in rank_pids(folder):
+            if is_rank_process(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _spec(api: Api, teacher: Path, data: Path, nproc: int, **training: Any) -> dict[str, Any]:
@@ -90,13 +99,7 @@ def test_two_process_job_matches_one_process(two_process_stack, tiny_teacher, js
 
 def test_cancel_stops_both_ranks(two_process_stack, tiny_teacher, jsonl_file):
     _, api, home = two_process_stack
-    spec = _spec(api, tiny_teacher, jsonl_file, 2, max_steps=5000, checkpoint_every=0)
-    job_id = api.call("POST", "/v1/jobs", 201, json=spec)["id"]
-    wait_until(lambda: api.job(job_id)["progress"]["step"] >= 3, timeout=300,
-               what="the first steps of the two ranks")  # fmt: skip
-    ranks = _live_ranks(home, job_id)
-    assert len(ranks) == 2  # both ranks wrote their pid and are running
-
+    job_id, _ = _running_two_ranks(api, home, tiny_teacher, jsonl_file)
     assert api.call("POST", f"/v1/jobs/{job_id}/cancel")["status"] in ("cancelling", "cancelled")
     done = api.wait_status(job_id, TERMINAL, timeout=120)
     assert done["status"] == "cancelled"
@@ -137,3 +140,35 @@ def test_pause_then_resume_on_two_processes(two_process_stack, tiny_teacher, jso
     worst = max(abs(got[s] - v) / abs(v) for s, v in want.items())
     print(f"largest relative loss difference over {steps} steps, paused: {worst:.2e}")
     assert worst <= LOSS_RTOL, (got, want)
+
+
+def _running_two_ranks(api: Api, home: Path, teacher: Path, data: Path) -> tuple[str, list[int]]:
+    """A long 2-process job, once both ranks are training: its id and the ranks' pids."""
+    spec = _spec(api, teacher, data, 2, max_steps=100_000, checkpoint_every=0)  # minutes long
+    job_id = api.call("POST", "/v1/jobs", 201, json=spec)["id"]
+    wait_until(lambda: api.job(job_id)["progress"]["step"] >= 3, timeout=300,
+               what="the first steps of the two ranks")  # fmt: skip
+    ranks = _live_ranks(home, job_id)
+    assert len(ranks) == 2
+    return job_id, ranks
+
+
+def test_a_crashed_rank_fails_the_job_and_takes_the_other_down(
+    two_process_stack, tiny_teacher, jsonl_file
+):
+    _, api, home = two_process_stack
+    job_id, ranks = _running_two_ranks(api, home, tiny_teacher, jsonl_file)
+    os.kill(ranks[1], signal.SIGKILL)  # rank 1 (pids are listed by rank)
+    done = api.wait_status(job_id, TERMINAL, timeout=120)
+    assert done["status"] == "failed" and "training processes exited with code" in done["error"]
+    error = next(e for e in api.events(job_id) if e["message"].startswith("training processes"))
+    assert error["level"] == "error" and error["data"]["log_tail"]  # the ranks' last lines
+    wait_until(lambda: not _live_ranks(home, job_id), timeout=60, what="rank 0 to exit")
+
+
+def test_ranks_stop_when_their_worker_dies(two_process_stack, tiny_teacher, jsonl_file):
+    stack, api, home = two_process_stack
+    job_id, _ = _running_two_ranks(api, home, tiny_teacher, jsonl_file)
+    stack.kill("serve")  # SIGKILL: the API and the worker; torchrun runs in its own session
+    # Rank 0 sees its launcher gone between steps and every rank stops: no orphan trains on.
+    wait_until(lambda: not _live_ranks(home, job_id), timeout=60, what="the ranks to exit")
