@@ -31,6 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ml.crossvocab.step import CrossVocabStep, build_cross_step
 from ml.data.examples import IGNORE_INDEX, collate, encode_example
+from ml.distillation.batch_order import BatchOrder
 from ml.distillation.checkpointing import read_checkpoint, write_checkpoint
 from ml.distillation.chunked import check_logits_from_hidden
 from ml.distillation.distributed import World
@@ -82,10 +83,7 @@ class DistillRecipe:
         self.device = torch.device(config.device)
         self.total_steps = 0
         self.step = 0
-        self._epoch = 0
-        self._position = 0  # micro-batches of the current epoch already consumed
         self._pending: list[MetricPoint] = []
-        self._order_cache: tuple[int, list[int]] | None = None
         self.teacher: PreTrainedModel | None = None
         self.student: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
@@ -155,9 +153,10 @@ class DistillRecipe:
         if self._signal.cache is not None:
             self.teacher = None  # the cache replaces its forward pass; evaluation reloads it
         self._losses = StepLosses(cfg, self._signal, self.tokenizer, self._autocast, self._cross)
-        self._micro_per_epoch = -(-len(self._examples) // cfg.batch_size)
-        self._steps_per_epoch = -(-self._micro_per_epoch // cfg.grad_accum)
-        self.total_steps = cfg.max_steps or self._steps_per_epoch * cfg.epochs
+        self._order = BatchOrder(
+            len(self._examples), cfg.batch_size, cfg.grad_accum, cfg.seed, self._world
+        )
+        self.total_steps = cfg.max_steps or self._order.steps_per_epoch * cfg.epochs
         self.optimizer = torch.optim.AdamW(
             self._param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
@@ -179,7 +178,7 @@ class DistillRecipe:
             "setup done",
             {
                 "total_steps": self.total_steps,
-                "steps_per_epoch": self._steps_per_epoch,
+                "steps_per_epoch": self._order.steps_per_epoch,
                 "student_parameters": student.num_parameters(),
                 "teacher_parameters": self.teacher.num_parameters() if self.teacher else None,
                 "device": str(self.device),
@@ -216,7 +215,8 @@ class DistillRecipe:
         scheduler_state = dict(state["scheduler"])
         scheduler_state["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)
         self.scheduler.load_state_dict(scheduler_state)
-        self.step, self._epoch, self._position = state["step"], state["epoch"], state["position"]
+        self.step = state["step"]
+        self._order.epoch, self._order.position = state["epoch"], state["position"]
         if self._taid is not None and "taid" in state:
             self._taid.load_state_dict(state["taid"])
         if state.get("config_fingerprint") != self.config.fingerprint():
@@ -248,36 +248,15 @@ class DistillRecipe:
         self._flush_metrics()
         return TrainOutcome(stopped=False, step=self.step, eval=results)
 
-    def _epoch_order(self, epoch: int) -> list[int]:
-        # A generator per epoch derived from seed + epoch: the order is a pure function of the
-        # epoch, so a resumed run needs only (epoch, position) to continue identically.
-        if self._order_cache is None or self._order_cache[0] != epoch:
-            generator = torch.Generator().manual_seed(self.config.seed + epoch)
-            order = torch.randperm(len(self._examples), generator=generator).tolist()
-            self._order_cache = (epoch, order)
-        return self._order_cache[1]
-
     def _next_micro_batches(self) -> Iterator[MicroBatch]:
-        """The next optimizer step's micro-batches; a step never spans two epochs."""
-        cfg = self.config
-        order = self._epoch_order(self._epoch)
+        """The next optimizer step's micro-batches: this rank's share (batch_order.py)."""
         pad_id = int(self.tokenizer.pad_token_id)  # type: ignore[union-attr]
-        end = min(self._position + cfg.grad_accum, self._micro_per_epoch)
-        for micro in range(self._position, end):
-            # This rank's disjoint share of the global micro-batch (all of it on one process).
-            indices = self._world.shard(
-                order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
-            )
-            if not indices:
-                continue
+        for indices in self._order.next_step():
             examples = [self._examples[i] for i in indices]
             if self._cross is not None:
                 yield self._cross.collate(examples, indices), indices
             else:
                 yield collate(examples, pad_id), indices
-        self._position = end
-        if self._position >= self._micro_per_epoch:
-            self._epoch, self._position = self._epoch + 1, 0
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.device.type == "cuda":
@@ -397,8 +376,8 @@ class DistillRecipe:
             optimizer=self.optimizer,
             trainer_state={
                 "step": self.step,
-                "epoch": self._epoch,
-                "position": self._position,
+                "epoch": self._order.epoch,
+                "position": self._order.position,
                 "total_steps": self.total_steps,
                 "scheduler": scheduler_state,
                 "config_fingerprint": cfg.fingerprint(),

@@ -20,6 +20,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from ml.distillation.batch_order import BatchOrder
 from ml.distillation.distributed import World, join_world, leave_world
 from ml.distillation.recipe import DistillRecipe, RecipeConfig
 from tests.ml.test_recipe import Recorder
@@ -124,6 +125,22 @@ def test_shards_are_disjoint_and_cover_the_batch() -> None:
     assert shares == [[5, 9, 7], [3, 1]]
     assert World(rank=2, world_size=3).shard([4, 6]) == []  # a rank may get nothing
     assert World().shard(batch) == batch
+
+
+def test_ranks_split_each_step_of_the_one_process_order() -> None:
+    # 11 examples, micro-batches of 4, two per step: steps of [4, 4], [3], [4, 4], ...
+    def orders(world: World) -> BatchOrder:
+        return BatchOrder(11, batch_size=4, grad_accum=2, seed=3, world=world)
+
+    one, ranks = orders(World()), [orders(World(rank=r, world_size=2)) for r in range(2)]
+    for _ in range(5):  # across two epoch boundaries
+        whole = one.next_step()
+        shares = [order.next_step() for order in ranks]
+        assert [len(micro) for micro in whole] in ([4, 4], [3])
+        for m, micro in enumerate(whole):
+            assert sorted(shares[0][m] + shares[1][m]) == sorted(micro)
+            assert not set(shares[0][m]) & set(shares[1][m])
+        assert (ranks[0].epoch, ranks[0].position) == (one.epoch, one.position)
 
 
 def test_config_survives_json(make_config: Callable[..., RecipeConfig], tmp_path: Path) -> None:
