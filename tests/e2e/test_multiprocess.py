@@ -42,9 +42,10 @@ def two_process_stack(
                 os.kill(pid, signal.SIGKILL)
 
 
-def _spec(api: Api, teacher: Path, data: Path, nproc: int, **training: Any) -> dict[str, Any]:
+def _spec(api: Api, teacher: Path, data: Path, nproc: int, cache: Any = "off",
+          **training: Any) -> dict[str, Any]:  # fmt: skip
     spec = distill_spec(api.register(teacher), api.upload_dataset(data), **training)
-    spec["method"]["teacher_cache"] = "off"
+    spec["method"]["teacher_cache"] = cache
     spec["resources"] = {"queue": "cpu", "nproc": nproc}
     return spec
 
@@ -95,6 +96,25 @@ def test_two_process_job_matches_one_process(two_process_stack, tiny_teacher, js
     assert model["id"] == two["output_model_id"]
     eval_one = one["result"]["student"]["loss"]
     assert two["result"]["student"]["loss"] == pytest.approx(eval_one, rel=1e-3)
+
+
+def test_two_process_job_reads_the_teacher_cache(two_process_stack, tiny_teacher, jsonl_file):
+    # The first job builds top-k teacher targets; the two-process job's launcher finds them
+    # and every rank reads them instead of running the teacher.
+    _, api, _ = two_process_stack
+    cache = {"mode": "topk", "k": 16}
+    specs = [_spec(api, tiny_teacher, jsonl_file, n, cache, max_steps=6, checkpoint_every=0)
+             for n in (1, 2)]  # fmt: skip
+    single, double = (api.call("POST", "/v1/jobs", 201, json=spec)["id"] for spec in specs)
+    assert api.wait_status(single, TERMINAL, timeout=300)["status"] == "succeeded"
+    assert api.wait_status(double, TERMINAL, timeout=300)["status"] == "succeeded"
+    assert "teacher cache built" in _messages(api, single)
+    assert "teacher cache hit" in _messages(api, double)
+    want, got = _losses(api, single), _losses(api, double)
+    assert sorted(got) == list(range(1, 7))
+    worst = max(abs(got[s] - v) / abs(v) for s, v in want.items())
+    print(f"largest relative loss difference with the teacher cache: {worst:.2e}")
+    assert worst <= LOSS_RTOL, (got, want)
 
 
 def test_cancel_stops_both_ranks(two_process_stack, tiny_teacher, jsonl_file):
