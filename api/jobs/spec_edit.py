@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from api.jobs.spec import LoraSpec, Priority, ResourcesSpec
 from api.jobs.spec_method import Strict
@@ -67,6 +67,17 @@ class DiscoSpec(Strict):
     beta: float = Field(default=0.1, gt=0, le=1)
 
 
+class OneProcessResourcesSpec(ResourcesSpec):
+    """Edit and inject jobs run in one process: ``nproc`` 1 (so never ``gpu-multi``)."""
+
+    @field_validator("nproc")
+    @classmethod
+    def _one_process(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("edit and inject jobs run in one process: nproc must be 1")
+        return value
+
+
 class EditSpec(Strict):
     kind: Literal["edit"]
     name: Annotated[str | None, Field(max_length=200)] = None
@@ -83,7 +94,7 @@ class EditSpec(Strict):
     sequential: SequentialSpec = Field(default_factory=SequentialSpec)
     portability_disco: DiscoSpec | None = None
     seed: int = 0
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    resources: OneProcessResourcesSpec = Field(default_factory=OneProcessResourcesSpec)
     priority: Priority = 5
 
     @model_validator(mode="after")
@@ -133,5 +144,5 @@ class InjectSpec(Strict):
     lora: LoraSpec | None = Field(
         default=None, description="null: r=16, alpha=32 on the attention projections present"
     )
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    resources: OneProcessResourcesSpec = Field(default_factory=OneProcessResourcesSpec)
     priority: Priority = 5

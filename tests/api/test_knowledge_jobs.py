@@ -124,6 +124,7 @@ def test_edit_job_is_created_with_its_resolution(api, auth, refs):
         ({"stats": {"corpus": "REQUESTS"}}, ["stats", "corpus"], "documents"),
         ({"evaluate": ["fluency"]}, ["evaluate", 0], ""),
         ({"model": "mdl_missing"}, ["model"], "does not exist"),
+        ({"resources": {"queue": "cpu", "nproc": 2}}, ["resources", "nproc"], "one process"),
     ],
 )  # fmt: skip
 def test_bad_edit_specs_name_the_field_and_create_nothing(api, auth, refs, patch, loc, text):
@@ -168,6 +169,11 @@ def test_inject_job_defaults_and_dataset_roles(api, auth, refs):
     response = api.client.post("/v1/jobs", headers=auth, json=wrong)
     assert response.status_code == 422
     assert response.json()["errors"][0]["loc"] == ["body", "eval"]
+
+    wrong = {**spec, "resources": {"queue": "cpu", "nproc": 2}}
+    response = api.client.post("/v1/jobs", headers=auth, json=wrong)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["body", "resources", "nproc"]
 
 
 def test_a_distill_job_refuses_an_edit_requests_dataset(api, auth, refs):
