@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-APP_SERVICES = ("api", "worker-cpu", "worker-gpu")
+APP_SERVICES = ("api", "worker-cpu", "worker-gpu", "worker-gpu-multi")
 CPU_DOCKERFILES = ("Dockerfile.api", "Dockerfile.worker-cpu")
 ALL_DOCKERFILES = (*CPU_DOCKERFILES, "Dockerfile.worker-gpu")
 START_SCRIPTS = ("start-api.sh", "start-worker.sh")
@@ -114,6 +114,7 @@ def test_app_services_share_the_database_broker_and_volumes(
 def test_workers_listen_on_their_queue(services: dict[str, Any]) -> None:
     assert services["worker-cpu"]["environment"]["WORKER_QUEUES"] == "cpu"
     assert services["worker-gpu"]["environment"]["WORKER_QUEUES"] == "gpu"
+    assert services["worker-gpu-multi"]["environment"]["WORKER_QUEUES"] == "gpu-multi"
 
 
 def test_the_gpu_worker_reserves_one_gpu_only_in_the_gpu_profile(
@@ -124,8 +125,18 @@ def test_the_gpu_worker_reserves_one_gpu_only_in_the_gpu_profile(
     assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
     assert gpu_worker["profiles"] == ["gpu"]
     for name, service in services.items():
-        if name != "worker-gpu":
+        if name not in ("worker-gpu", "worker-gpu-multi"):
             assert "profiles" not in service, f"{name} must start without a profile"
+
+
+def test_the_multi_gpu_worker_takes_all_gpus_and_offers_processes(
+    services: dict[str, Any],
+) -> None:
+    worker = services["worker-gpu-multi"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device == {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
+    assert worker["profiles"] == ["gpu-multi"]
+    assert worker["environment"]["DISTILL_WORKER_MAX_NPROC"] == "${DISTILL_WORKER_MAX_NPROC:-2}"
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
