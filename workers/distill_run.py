@@ -168,10 +168,7 @@ def run_claimed_job(settings: Settings, job_id: str, worker_id: str) -> None:
     keeper = LeaseKeeper(settings, job_id, worker_id)
     keeper.start()
     try:
-        with session_scope(settings.resolved_database_url) as session:
-            job = session.scalars(select(Job).where(Job.id == job_id)).one()
-            session.expunge(job)
-        bind_project(job.project_id)
+        job = load_job(settings, job_id)
         job.resolved = fetch_job_inputs(settings, job.resolved)  # paths here, fetched if missing
         log.info("running %s job %s from queue %s", job.kind, job_id, job.queue)
         device = pick_device(job.queue)
@@ -184,14 +181,29 @@ def run_claimed_job(settings: Settings, job_id: str, worker_id: str) -> None:
         log.warning("lease on %s lost; another worker resumes it", job_id)
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        tail = "".join(traceback.format_exception(exc)[-3:])
-        try:
-            recorder.event("error", f"job failed: {exc}", {"traceback": tail})
-            recorder.finish("failed", error=f"{type(exc).__name__}: {exc}")
-        except LeaseLost:
-            pass
+        record_failure(recorder, exc)
     finally:
         keeper.stop()
+
+
+def load_job(settings: Settings, job_id: str) -> Job:
+    """The job row, detached from its session, with its project bound to the log context."""
+    with session_scope(settings.resolved_database_url) as session:
+        job = session.scalars(select(Job).where(Job.id == job_id)).one()
+        session.expunge(job)
+    bind_project(job.project_id)
+    return job
+
+
+def record_failure(recorder: JobRecorder, exc: BaseException) -> None:
+    """Finish the job ``failed`` with the error and the traceback's tail in an event; a lease
+    lost meanwhile means another worker owns the job, so nothing is written."""
+    tail = "".join(traceback.format_exception(exc)[-3:])
+    try:
+        recorder.event("error", f"job failed: {exc}", {"traceback": tail})
+        recorder.finish("failed", error=f"{type(exc).__name__}: {exc}")
+    except LeaseLost:
+        pass
 
 
 def _run(

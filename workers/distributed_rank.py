@@ -16,19 +16,14 @@ import json
 import logging
 import os
 import sys
-import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from sqlalchemy import select
-
 from api.config import get_settings
-from api.logging_setup import bind_project, job_log_context
+from api.logging_setup import job_log_context
 from ml.distillation.distributed import World, join_world, leave_world
 from ml.distillation.recipe import DistillRecipe, RecipeConfig
-from models import Job
-from models.session import session_scope
-from workers.distill_run import train_and_register
+from workers.distill_run import load_job, record_failure, train_and_register
 from workers.distributed_launch import StopFile
 from workers.runtime import JobRecorder, LeaseLost
 
@@ -78,10 +73,7 @@ def _rank_zero(job_id: str, launch: dict[str, object], config: RecipeConfig,
     settings = get_settings()  # the launcher passed its settings in the environment
     recorder = JobRecorder(settings, job_id, str(launch["worker_id"]))
     control = StopFile(Path(str(launch["run_dir"])) / "stop", int(str(launch["launcher_pid"])))
-    with session_scope(settings.resolved_database_url) as session:
-        job = session.scalars(select(Job).where(Job.id == job_id)).one()
-        session.expunge(job)
-    bind_project(job.project_id)
+    job = load_job(settings, job_id)
     try:
         train_and_register(settings, job, config, recorder, control, resume_from, world)
     except LeaseLost:
@@ -89,12 +81,7 @@ def _rank_zero(job_id: str, launch: dict[str, object], config: RecipeConfig,
         return 1  # nothing to record; non-zero so torchrun stops any rank still training
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        tail = "".join(traceback.format_exception(exc)[-3:])
-        try:
-            recorder.event("error", f"job failed: {exc}", {"traceback": tail})
-            recorder.finish("failed", error=f"{type(exc).__name__}: {exc}")
-        except LeaseLost:
-            pass
+        record_failure(recorder, exc)
         return 1  # non-zero: torchrun stops the other ranks, which may wait in a collective
     return 0
 
