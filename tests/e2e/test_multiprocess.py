@@ -136,13 +136,7 @@ def test_pause_then_resume_on_two_processes(two_process_stack, tiny_teacher, jso
     steps = 400  # the pause lands at the next heartbeat: the job must still be running then
     spec = _spec(api, tiny_teacher, jsonl_file, 2, max_steps=steps, checkpoint_every=0)
     job_id = api.call("POST", "/v1/jobs", 201, json=spec)["id"]
-    wait_until(lambda: api.job(job_id)["progress"]["step"] >= 10, timeout=300,
-               what="the first metrics")  # fmt: skip
-    pausing = api.call("POST", f"/v1/jobs/{job_id}/pause")
-    if pausing["status"] == "succeeded":  # pragma: no cover - a machine far faster than ours
-        pytest.skip("the job finished before the pause landed")
-    paused = api.wait_status(job_id, ("paused", *TERMINAL), timeout=120)
-    assert paused["status"] == "paused", api.events(job_id)
+    paused = api.pause_after_step(job_id, 10)
     step = paused["progress"]["step"]
     checkpoints = api.call("GET", f"/v1/jobs/{job_id}/checkpoints")["items"]
     assert [c["step"] for c in checkpoints] == [step]

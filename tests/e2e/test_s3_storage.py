@@ -24,7 +24,7 @@ from tests.e2e.conftest import TERMINAL, Api, distill_spec
 from tests.support import moto_server
 from tests.support.moto_server import S3Bucket
 from tests.support.servers import fresh_postgres_database, fresh_redis_url, require_real_stack
-from tests.support.stack import Stack, wait_until
+from tests.support.stack import Stack
 from tests.support.stack_fixtures import start_real_stack
 
 pytestmark = pytest.mark.realstack
@@ -131,13 +131,7 @@ def test_a_job_paused_on_one_host_resumes_on_another_from_the_bucket(
     spec = distill_spec(teacher, dataset, max_steps=STEPS, checkpoint_every=0)
     spec["method"]["teacher_cache"] = "off"
     job_id = api.call("POST", "/v1/jobs", 201, json=spec)["id"]
-    wait_until(lambda: api.job(job_id)["progress"]["step"] >= 5, timeout=300,
-               what="the first metrics")  # fmt: skip
-    pausing = api.call("POST", f"/v1/jobs/{job_id}/pause")
-    if pausing["status"] == "succeeded":  # pragma: no cover - a machine far faster than ours
-        pytest.skip("the job finished before the pause landed")
-    paused = api.wait_status(job_id, ("paused", *TERMINAL), timeout=120)
-    assert paused["status"] == "paused", api.events(job_id)
+    paused = api.pause_after_step(job_id, 5)
     step = paused["progress"]["step"]
     name = f"step_{step:08d}"
     assert f"artifacts/jobs/{job_id}/checkpoints/{name}/model.safetensors" in bucket.keys()

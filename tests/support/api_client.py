@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support.stack import wait_until
 
@@ -46,6 +47,18 @@ class Api:
             timeout=timeout,
             what=f"job {job_id} to reach {statuses}",
         )
+
+    def pause_after_step(self, job_id: str, step: int) -> dict[str, Any]:
+        """Once the job has recorded ``step``, pause it and wait until it is ``paused`` (the
+        test is skipped if the job finished before the pause landed); returns the job."""
+        wait_until(lambda: self.job(job_id)["progress"]["step"] >= step, timeout=300,
+                   what="the first metrics")  # fmt: skip
+        pausing = self.call("POST", f"/v1/jobs/{job_id}/pause")
+        if pausing["status"] == "succeeded":  # pragma: no cover - a machine far faster than ours
+            pytest.skip("the job finished before the pause landed")
+        paused = self.wait_status(job_id, ("paused", *TERMINAL), timeout=120)
+        assert paused["status"] == "paused", self.events(job_id)
+        return paused
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         return self.call("GET", f"/v1/jobs/{job_id}/events")["items"]
