@@ -199,20 +199,21 @@ def search_values(
     for p, _ in was_training:
         p.requires_grad_(False)
     nll_value = float("inf")
+    rows, positions, owners = (t.to(device) for t in (batch.rows, batch.positions, batch.request))
+    e_rows, e_positions = torch.arange(len(requests), device=device), e_pos.to(device)
+
+    def shifted(at_rows: Tensor, at_positions: Tensor, values: Tensor) -> Any:
+        """``δ`` where the edit will put it: at every token through the update (``spread``),
+        or ``values`` at each row's subject token (the published search)."""
+        if spread is not None:
+            return add_through_update(spread, delta)
+        return add_to_output(module, at_rows, at_positions, values)
+
     try:
         # steps + 1 passes: the last one only measures, so the NLL returned is the final δ's
         for step in range(params.steps + 1):
             optimizer.zero_grad()
-            if spread is not None:
-                shifted = add_through_update(spread, delta)
-            else:
-                shifted = add_to_output(
-                    module,
-                    batch.rows.to(device),
-                    batch.positions.to(device),
-                    delta[batch.request.to(device)],
-                )
-            with shifted:
+            with shifted(rows, positions, delta[owners]):
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
             nll = F.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]),
@@ -224,13 +225,7 @@ def search_values(
                 break
             loss = nll
             if params.kl_factor > 0:
-                if spread is not None:
-                    essence_shift = add_through_update(spread, delta)
-                else:
-                    essence_shift = add_to_output(
-                        module, torch.arange(len(requests), device=device), e_pos.to(device), delta
-                    )
-                with essence_shift:
+                with shifted(e_rows, e_positions, delta):
                     e_logits = model(input_ids=e_ids, attention_mask=e_mask).logits.float()
                 essence_after = F.log_softmax(e_logits[torch.arange(len(requests)), e_pos], -1)
                 kl = F.kl_div(essence_after, essence_before, log_target=True, reduction="batchmean")
