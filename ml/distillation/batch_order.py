@@ -16,10 +16,19 @@ from ml.distillation.distributed import World
 
 class BatchOrder:
     def __init__(
-        self, n_examples: int, batch_size: int, grad_accum: int, seed: int, world: World
+        self,
+        n_examples: int,
+        batch_size: int,
+        grad_accum: int,
+        seed: int,
+        world: World,
+        *,
+        keep_empty: bool = False,
     ) -> None:
         self.n_examples, self.batch_size, self.grad_accum = n_examples, batch_size, grad_accum
         self.seed, self.world = seed, world
+        # A sharded student needs every rank to see every micro-batch, empty shares included.
+        self.keep_empty = keep_empty
         self.micro_per_epoch = -(-n_examples // batch_size)
         self.steps_per_epoch = -(-self.micro_per_epoch // grad_accum)
         self.epoch = 0
@@ -34,7 +43,8 @@ class BatchOrder:
 
     def next_step(self) -> list[list[int]]:
         """This rank's example indices for each micro-batch of the next optimizer step (a
-        micro-batch whose share for this rank is empty is left out), and advance."""
+        micro-batch whose share for this rank is empty is left out, or kept as ``[]`` with
+        ``keep_empty``), and advance."""
         order, size = self._order(self.epoch), self.batch_size
         end = min(self.position + self.grad_accum, self.micro_per_epoch)
         shares = [
@@ -43,4 +53,4 @@ class BatchOrder:
         self.position = end
         if self.position >= self.micro_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
-        return [share for share in shares if share]
+        return shares if self.keep_empty else [share for share in shares if share]

@@ -39,8 +39,10 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def _optimizer_to_flat(optimizer: Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state_dict = optimizer.state_dict()
+def _optimizer_to_flat(
+    state_dict: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``optimizer.state_dict()`` -> (tensors keyed ``state.{index}.{name}``, JSON metadata)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, values in state_dict["state"].items():
@@ -53,9 +55,8 @@ def _optimizer_to_flat(optimizer: Optimizer) -> tuple[dict[str, torch.Tensor], d
     return tensors, meta
 
 
-def _optimizer_from_flat(
-    optimizer: Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-) -> None:
+def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`_optimizer_to_flat`: an ``optimizer.state_dict()``-shaped dict."""
     state: dict[int, dict[str, Any]] = {}
     for key, tensor in tensors.items():
         _, index, name = key.split(".", 2)
@@ -68,8 +69,7 @@ def _optimizer_from_flat(
         if isinstance(group.get("betas"), list):
             group["betas"] = tuple(group["betas"])
         groups.append(group)
-    # load_state_dict moves state tensors to each parameter's device and dtype rules.
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
 
 
 def _rng_tensors() -> dict[str, torch.Tensor]:
@@ -114,14 +114,21 @@ def write_checkpoint(
     checkpoint_dir: Path,
     step: int,
     *,
-    model: torch.nn.Module,
-    optimizer: Optimizer,
+    model: torch.nn.Module | None = None,
+    optimizer: Optimizer | None = None,
     trainer_state: dict[str, Any],
+    weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a full checkpoint for ``step`` atomically and return its final directory.
 
+    The weights come from ``model`` or, already gathered (a sharded student's, see
+    :mod:`ml.distillation.sharding`), from ``weights`` (tied tensors once); the optimizer state
+    from ``optimizer`` or ``optimizer_state`` (the ``optimizer.state_dict()`` shape).
     ``trainer_state`` must be JSON-serialisable; the python ``random`` state is added here.
     """
+    if (model is None) == (weights is None) or (optimizer is None) == (optimizer_state is None):
+        raise ValueError("pass exactly one of model/weights and one of optimizer/optimizer_state")
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir / checkpoint_name(step)
@@ -130,8 +137,15 @@ def write_checkpoint(
         shutil.rmtree(temporary)
     temporary.mkdir()
     try:
-        save_model(model, str(temporary / MODEL_FILE))
-        tensors, meta = _optimizer_to_flat(optimizer)
+        if model is not None:
+            save_model(model, str(temporary / MODEL_FILE))
+        else:
+            assert weights is not None
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(temporary / MODEL_FILE))
+        if optimizer is not None:
+            optimizer_state = optimizer.state_dict()
+        assert optimizer_state is not None
+        tensors, meta = _optimizer_to_flat(optimizer_state)
         save_file(tensors, str(temporary / OPTIMIZER_TENSORS_FILE))
         (temporary / OPTIMIZER_META_FILE).write_text(json.dumps(meta), encoding="utf-8")
         state = dict(trainer_state, python_random=python_random_state_to_json())
@@ -154,12 +168,7 @@ def write_checkpoint(
     return final
 
 
-def read_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: Optimizer) -> dict[str, Any]:
-    """Restore model, optimizer, torch and python RNG from ``path``; return the trainer state.
-
-    The caller restores what the trainer state describes (scheduler, data position).
-    """
-    path = Path(path)
+def _check_complete(path: Path) -> None:
     missing = [
         name
         for name in (MODEL_FILE, OPTIMIZER_TENSORS_FILE, OPTIMIZER_META_FILE, TRAINER_STATE_FILE)
@@ -167,12 +176,42 @@ def read_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: Optimizer)
     ]
     if missing:
         raise FileNotFoundError(f"checkpoint {path} is missing {missing}")
+
+
+def _optimizer_state(path: Path) -> dict[str, Any]:
+    meta = json.loads((path / OPTIMIZER_META_FILE).read_text(encoding="utf-8"))
+    return _optimizer_from_flat(load_file(str(path / OPTIMIZER_TENSORS_FILE)), meta)
+
+
+def read_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: Optimizer) -> dict[str, Any]:
+    """Restore model, optimizer, torch and python RNG from ``path``; return the trainer state.
+
+    The caller restores what the trainer state describes (scheduler, data position).
+    """
+    path = Path(path)
+    _check_complete(path)
     device = next(model.parameters()).device
     missing_keys, unexpected = load_model(model, str(path / MODEL_FILE), device=str(device))
     if missing_keys or unexpected:
         raise ValueError(f"checkpoint {path} does not fit the model: {missing_keys} {unexpected}")
-    meta = json.loads((path / OPTIMIZER_META_FILE).read_text(encoding="utf-8"))
-    _optimizer_from_flat(optimizer, load_file(str(path / OPTIMIZER_TENSORS_FILE)), meta)
+    # load_state_dict moves state tensors to each parameter's device and dtype rules.
+    optimizer.load_state_dict(_optimizer_state(path))
+    return _trainer_state(path)
+
+
+def read_checkpoint_tensors(
+    path: Path,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """``(weights, optimizer_state, trainer_state)`` of ``path`` on the CPU, for a sharded
+    student that loads them itself (:func:`ml.distillation.sharding.load_full_state`); torch
+    and python RNG are restored here as by :func:`read_checkpoint`."""
+    path = Path(path)
+    _check_complete(path)
+    weights = load_file(str(path / MODEL_FILE))
+    return weights, _optimizer_state(path), _trainer_state(path)
+
+
+def _trainer_state(path: Path) -> dict[str, Any]:
     state: dict[str, Any] = json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
     if "python_random" in state:
         python_random_state_from_json(state["python_random"])

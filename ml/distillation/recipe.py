@@ -27,12 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ml.crossvocab.step import CrossVocabStep, build_cross_step
 from ml.data.examples import IGNORE_INDEX, collate, encode_example
 from ml.distillation.batch_order import BatchOrder
-from ml.distillation.checkpointing import read_checkpoint, write_checkpoint
+from ml.distillation.checkpointing import (
+    checkpoint_name,
+    read_checkpoint,
+    read_checkpoint_tensors,
+    write_checkpoint,
+)
 from ml.distillation.chunked import check_logits_from_hidden
 from ml.distillation.distributed import World
 from ml.distillation.lora import LoraSettings, apply_lora, save_lora_student
@@ -44,6 +50,14 @@ from ml.distillation.recipe_config import (
 )
 from ml.distillation.remote_teacher import ScoreFn
 from ml.distillation.schedule import build_scheduler
+from ml.distillation.sharding import (
+    FullState,
+    checkpoint_sources,
+    gather_full_state,
+    load_full_state,
+    shard_student,
+    unsharded_copy,
+)
 from ml.distillation.step_losses import MicroBatch, StepLosses
 from ml.distillation.student_init import build_student
 from ml.distillation.taid import TaidSchedule
@@ -91,6 +105,11 @@ class DistillRecipe:
         self._signal = TeacherSignal([])
         self._cross: CrossVocabStep | None = None  # set in setup() for dskd / uld / mined
         self._examples: list[Any] = []
+        # FSDP (ml/distillation/sharding.py): the student is sharded over the ranks; rank 0
+        # keeps the last gathered full state so it can save alone after the ranks part.
+        self._fsdp = config.fsdp and self._world.distributed
+        self._gathered: tuple[int, FullState] | None = None
+        self._param_names: list[str] = []
 
     # ----------------------------------------------------------------------------- setup
     def setup(self, resume_from: Path | None = None) -> None:
@@ -126,7 +145,13 @@ class DistillRecipe:
             )
             student = apply_lora(student, LoraSettings(**lora))  # type: ignore[assignment]
         # float32 master weights everywhere; cuda computes under bf16 autocast instead.
-        student.to(device=self.device, dtype=torch.float32)  # type: ignore[call-arg]
+        if self._fsdp:
+            # Equal weights on every rank first; sharding then moves each shard to its device.
+            student.to(dtype=torch.float32)  # type: ignore[call-arg]
+            self._world.broadcast_parameters(student)
+            shard_student(student)
+        else:
+            student.to(device=self.device, dtype=torch.float32)  # type: ignore[call-arg]
         student.train()
         self.student = student
         self._trainable: torch.nn.Module = student
@@ -154,7 +179,12 @@ class DistillRecipe:
             self.teacher = None  # the cache replaces its forward pass; evaluation reloads it
         self._losses = StepLosses(cfg, self._signal, self.tokenizer, self._autocast, self._cross)
         self._order = BatchOrder(
-            len(self._examples), cfg.batch_size, cfg.grad_accum, cfg.seed, self._world
+            len(self._examples),
+            cfg.batch_size,
+            cfg.grad_accum,
+            cfg.seed,
+            self._world,
+            keep_empty=self._fsdp,
         )
         self.total_steps = cfg.max_steps or self._order.steps_per_epoch * cfg.epochs
         self.optimizer = torch.optim.AdamW(
@@ -172,7 +202,8 @@ class DistillRecipe:
         # Resume last: it overwrites weights, optimizer, scheduler, RNG and data position.
         if resume_from is not None:
             self._resume(Path(resume_from))
-        self._world.broadcast_parameters(self._trainable)  # every rank starts from rank 0's
+        if not self._fsdp:  # (a sharded student was made equal before sharding)
+            self._world.broadcast_parameters(self._trainable)  # every rank starts from rank 0's
         self._event(
             "info",
             "setup done",
@@ -189,9 +220,13 @@ class DistillRecipe:
 
     def _param_groups(self) -> list[dict[str, Any]]:
         # No weight decay on norms and biases (1-d tensors), as in most LM recipes.
-        params = [p for p in self._trainable.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
+        named = [(n, p) for n, p in self._trainable.named_parameters() if p.requires_grad]
+        decay = [p for _, p in named if p.ndim >= 2]
+        no_decay = [p for _, p in named if p.ndim < 2]
+        # Optimizer order, by name: a sharded student's optimizer state is saved in it.
+        self._param_names = [n for n, p in named if p.ndim >= 2] + [
+            n for n, p in named if p.ndim < 2
+        ]
         return [
             {"params": decay, "weight_decay": self.config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
@@ -211,7 +246,12 @@ class DistillRecipe:
 
     def _resume(self, path: Path) -> None:
         assert self.student is not None
-        state = read_checkpoint(path, model=self._trainable, optimizer=self.optimizer)
+        if self._fsdp:  # every rank reads the one-process checkpoint and keeps its shard
+            weights, optimizer_state, state = read_checkpoint_tensors(path)
+            full = FullState(model=weights, optimizer=optimizer_state)
+            load_full_state(self._trainable, self.optimizer, full, self._param_names)
+        else:
+            state = read_checkpoint(path, model=self._trainable, optimizer=self.optimizer)
         scheduler_state = dict(state["scheduler"])
         scheduler_state["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)
         self.scheduler.load_state_dict(scheduler_state)
@@ -229,15 +269,17 @@ class DistillRecipe:
         cfg = self.config
         while self.step < self.total_steps:
             if self._world.any(self._should_stop()):  # all ranks stop at the same step
+                self._gather_for_rank_zero(with_optimizer=True)  # a pause checkpoints after
                 self._flush_metrics()
                 self._event("info", "stop requested", {"step": self.step})
                 return TrainOutcome(stopped=True, step=self.step)
             self._train_step(list(self._next_micro_batches()))
-            # Weights are equal on every rank after a step: rank 0 alone saves them.
+            # Weights are equal on every rank after a step: rank 0 alone saves them (a sharded
+            # student is gathered by all ranks first, inside save_checkpoint).
             if (
                 cfg.checkpoint_every
                 and self.step % cfg.checkpoint_every == 0
-                and self._world.writes
+                and (self._world.writes or self._fsdp)
             ):
                 self.save_checkpoint()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
@@ -245,14 +287,23 @@ class DistillRecipe:
             if self.step % METRICS_FLUSH_EVERY == 0:
                 self._flush_metrics()
         results = self._evaluate_and_record()
+        self._gather_for_rank_zero(with_optimizer=False)  # save_student runs on rank 0 alone
         self._flush_metrics()
         return TrainOutcome(stopped=False, step=self.step, eval=results)
+
+    def _gather_for_rank_zero(self, *, with_optimizer: bool) -> None:
+        """FSDP only: all ranks gather the full state into rank 0's memory (collective)."""
+        if self._fsdp:
+            optimizer = self.optimizer if with_optimizer else None
+            self._gathered = (self.step, gather_full_state(self._trainable, optimizer))
 
     def _next_micro_batches(self) -> Iterator[MicroBatch]:
         """The next optimizer step's micro-batches: this rank's share (batch_order.py)."""
         pad_id = int(self.tokenizer.pad_token_id)  # type: ignore[union-attr]
         for indices in self._order.next_step():
-            examples = [self._examples[i] for i in indices]
+            # A sharded student's rank with an empty share still runs the micro-batch (every
+            # forward is a collective): on a stand-in example whose loss weighs nothing.
+            examples = [self._examples[i] for i in indices or [0]]
             if self._cross is not None:
                 yield self._cross.collate(examples, indices), indices
             else:
@@ -270,7 +321,9 @@ class DistillRecipe:
         micro_batches, generated, values = self._losses.batches(
             self.student, micro_batches, self.step + 1
         )
-        n_tokens = sum(int((mb["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb, _ in micro_batches)
+        n_tokens = sum(
+            int((mb["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb, ix in micro_batches if ix
+        )
         # The global batch's token count: ranks' gradients then sum to the one-process gradient.
         denominator = max(int(self._world.sum([float(n_tokens)])[0]), 1)
         use_kd = cfg.loss != "ce"
@@ -281,7 +334,12 @@ class DistillRecipe:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             input_tokens += int(batch["attention_mask"].sum())
             with self._autocast():
-                ce_sum, kd_sum, opd_kl = self._losses.sums(self.student, batch, indices, kd_params)
+                ce_sum, kd_sum, opd_kl = self._losses.sums(
+                    self.student, batch, indices or [0], kd_params
+                )
+                if not indices:  # an FSDP stand-in: same collectives, no contribution
+                    ce_sum, opd_kl = ce_sum * 0.0, 0.0
+                    kd_sum = kd_sum * 0.0 if kd_sum is not None else None
                 total = ce_sum
                 if kd_sum is not None:
                     kd_total += float(kd_sum.detach())
@@ -291,13 +349,15 @@ class DistillRecipe:
             ce_total += float(ce_sum.detach())
             opd_kl_total += opd_kl
             (total / denominator).backward()
-        self._world.sum_gradients(self._trainable.parameters())
+        if not self._fsdp:  # FSDP reduce-scatters (sums) the gradients in backward itself
+            self._world.sum_gradients(self._trainable.parameters())
         kd_total, ce_total, opd_kl_total, summed_tokens = self._world.sum(
             [kd_total, ce_total, opd_kl_total, float(input_tokens)]
         )  # logged values are the global batch's, so curves compare across process counts
         input_tokens = int(summed_tokens)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._trainable.parameters(), max_norm))
+        norm = torch.nn.utils.clip_grad_norm_(self._trainable.parameters(), max_norm)
+        grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
         lr = float(self.scheduler.get_last_lr()[0])
         self.optimizer.step()
         self.scheduler.step()
@@ -352,7 +412,9 @@ class DistillRecipe:
             )
 
     def _evaluate_and_record(self) -> dict[str, float]:
-        if not self.config.eval_records or not self._world.writes:
+        # A sharded student evaluates on every rank in step (identical inputs, so identical
+        # generations); only rank 0 records.
+        if not self.config.eval_records or not (self._world.writes or self._fsdp):
             return {}
         results = self.evaluate("student")
         for key in ("loss", "exact_match", "rouge_l"):
@@ -366,14 +428,21 @@ class DistillRecipe:
         if cfg.checkpoint_dir is None or self.student is None:
             raise ValueError("save_checkpoint needs setup() and a checkpoint_dir")
         self._flush_metrics()  # metrics up to this step are recorded before the checkpoint is
+        state: FullState | None = None
+        if self._fsdp:
+            if self._gathered is None or self._gathered[0] != self.step:
+                self._gather_for_rank_zero(with_optimizer=True)
+            assert self._gathered is not None
+            state = self._gathered[1]
+            if state.model is None:  # ranks > 0: their part was the gather
+                return cfg.checkpoint_dir / checkpoint_name(self.step)
         scheduler_state = {
             k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"
         }
         path = write_checkpoint(
             cfg.checkpoint_dir,
             self.step,
-            model=self._trainable,
-            optimizer=self.optimizer,
+            **checkpoint_sources(self._trainable, self.optimizer, state),
             trainer_state={
                 "step": self.step,
                 "epoch": self._order.epoch,
@@ -397,6 +466,12 @@ class DistillRecipe:
         if self.config.lora is not None:  # adapter + merged (or base) weights; call it last
             merge = bool(self.config.lora.get("merge", True))
             save_lora_student(self.student, self.tokenizer, Path(out_dir), merge=merge)  # type: ignore[arg-type]
+            return
+        if self._fsdp:  # rank 0, from the state gathered when training ended
+            if self._gathered is None or self._gathered[1].model is None:
+                raise ValueError("a sharded student is saved by rank 0 after train()")
+            save_model(unsharded_copy(self.student, self._gathered[1].model), self.tokenizer,
+                       Path(out_dir))  # fmt: skip
             return
         save_model(self.student, self.tokenizer, Path(out_dir))
 

@@ -95,6 +95,9 @@ class RecipeConfig:
     # ``teacher.remote``: url, protocol, top_k, model, api_key_env, timeout_s); the recipe gets
     # its score function from the caller (ml/distillation/remote_teacher.py).
     remote_teacher: dict[str, Any] | None = None
+    # Shard the student's weights, gradients and optimizer state over the ranks (FSDP,
+    # ml/distillation/sharding.py) instead of replicating them; only with several processes.
+    fsdp: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
@@ -129,7 +132,25 @@ class RecipeConfig:
             raise ValueError("train_records is empty")
         if self.checkpoint_every and self.checkpoint_dir is None:
             raise ValueError("checkpoint_every needs a checkpoint_dir")
+        if self.fsdp:
+            self._validate_fsdp()
         self._validate_sources()
+
+    def _validate_fsdp(self) -> None:
+        # Each sharded forward is a collective, so every rank must run the same calls: student
+        # generation (data modes other than offline) could stop at different lengths per rank,
+        # and LoRA, chunked KD and cross-vocabulary projectors use the student's weights
+        # outside its forward.
+        if self.data_mode != "offline":
+            raise ValueError(f"fsdp trains with data_mode 'offline', not {self.data_mode!r}")
+        if self.lora is not None:
+            raise ValueError("fsdp shards a fully trained student: not with lora")
+        if self.kd_chunk_tokens:
+            raise ValueError("fsdp computes KD from full logits: kd_chunk_tokens must be 0")
+        if self.loss in CROSS_VOCAB_LOSSES:
+            raise ValueError(f"fsdp works with same-vocabulary losses, not {self.loss!r}")
+        if self.remote_teacher is not None:
+            raise ValueError("fsdp needs a local teacher, not a remote one")
 
     def _validate_cross_vocab(self) -> None:
         if self.loss_params:
