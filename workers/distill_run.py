@@ -159,6 +159,7 @@ def build_config(
         max_new_tokens=spec["evaluation"]["max_new_tokens"],
         device=device,
         checkpoint_dir=job_dir(settings, job.id) / "checkpoints",
+        fsdp=spec.get("resources", {}).get("strategy") == "fsdp",
     )
 
 

@@ -63,6 +63,10 @@ def _other_rank(config: RecipeConfig, resume_from: Path | None, world: World) ->
     )
     try:
         recipe.setup(resume_from=resume_from)
+        if config.fsdp and resume_from is None:
+            # Rank 0 evaluates the initial student before training (distill_run.py); a sharded
+            # student's forward needs every rank, so this rank evaluates beside it.
+            recipe.evaluate("student")
         recipe.train()
     finally:
         recipe.cleanup()

@@ -180,12 +180,26 @@ class ResourcesSpec(Strict):
     job needs. A distill job with ``nproc > 1`` trains in that many processes of one machine
     (torch.distributed: gloo on ``cpu``, nccl on ``gpu-multi``; workers/distributed_launch.py);
     only a worker whose DISTILL_WORKER_MAX_NPROC covers it takes the job. ``gpu`` stays one
-    process (one device); ``gpu-multi`` is for 2 or more. Several machines (``nnodes > 1``)
-    would need several workers started together (gang scheduling), which does not exist yet."""
+    process (one device); ``gpu-multi`` is for 2 or more. ``strategy`` says how the processes
+    share the student: ``ddp`` replicates it, ``fsdp`` shards its weights, gradients and
+    optimizer state (for students that do not fit one device; ml/distillation/sharding.py).
+    Several machines (``nnodes > 1``) would need several workers started together (gang
+    scheduling), which does not exist yet."""
 
     queue: Literal["cpu", "gpu", "gpu-multi"] = "cpu"
     nproc: int = Field(default=1, ge=1, le=MAX_NPROC, validate_default=True)
     nnodes: int = Field(default=1, ge=1, description="machines; only 1 is available today")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="ddp: every process holds the whole student; fsdp: each holds a shard",
+    )
+
+    @field_validator("strategy")
+    @classmethod
+    def _fsdp_needs_processes(cls, value: str, info: ValidationInfo) -> str:
+        if value == "fsdp" and info.data.get("nproc", 2) < 2:
+            raise ValueError("fsdp shards the student over processes: set nproc to 2 or more")
+        return value
 
     @field_validator("nproc")
     @classmethod
@@ -244,6 +258,18 @@ class DistillSpec(Strict):
         # Each rank would need its own client of the server: not built (workers/distill_run.py).
         if self.resources.nproc > 1 and any(t.remote for t in self.all_teachers):
             raise ValueError("a remote teacher trains in one process: set resources.nproc to 1")
+        if self.resources.strategy == "fsdp":
+            # Every sharded forward is a collective (ml/distillation/recipe_config.py says why).
+            if self.method.data_mode not in ("offline", "seqkd"):  # seqkd generates before
+                raise ValueError(
+                    "resources.strategy fsdp needs method.data_mode 'offline' or 'seqkd'"
+                )
+            if self.student.lora is not None:
+                raise ValueError("resources.strategy fsdp trains a full student: not with lora")
+            if self.training.kd_chunk_tokens:
+                raise ValueError("resources.strategy fsdp needs training.kd_chunk_tokens 0")
+            if self.method.loss in CROSS_VOCAB_LOSSES:
+                raise ValueError("resources.strategy fsdp needs a same-vocabulary loss")
         return self
 
     @model_validator(mode="after")

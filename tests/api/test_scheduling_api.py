@@ -57,6 +57,32 @@ __all__ = ["refs"]  # the fixture, shared with test_jobs
             "a remote teacher trains in one process: set resources.nproc to 1",
         ),
         (
+            {"resources": {"queue": "cpu", "strategy": "fsdp"}},
+            ["body", "resources", "strategy"],
+            "fsdp shards the student over processes: set nproc to 2 or more",
+        ),
+        (
+            {"resources": {"queue": "cpu", "nproc": 2, "strategy": "zero3"}},
+            ["body", "resources", "strategy"],
+            "'ddp' or 'fsdp'",
+        ),
+        (
+            {
+                "resources": {"queue": "cpu", "nproc": 2, "strategy": "fsdp"},
+                "student": {"model": {"init": {"from_teacher_layers": 2}}, "lora": {"r": 4}},
+            },
+            ["body"],
+            "resources.strategy fsdp trains a full student: not with lora",
+        ),
+        (
+            {
+                "resources": {"queue": "cpu", "nproc": 2, "strategy": "fsdp"},
+                "method": {"loss": "fkl", "data_mode": "onpolicy"},
+            },
+            ["body"],
+            "resources.strategy fsdp needs method.data_mode 'offline' or 'seqkd'",
+        ),
+        (
             {"resources": {"queue": "gpu-multi", "nproc": 9}},
             ["body", "resources", "nproc"],
             "less than or equal to 8",
@@ -104,6 +130,7 @@ def test_a_cpu_job_may_ask_for_several_processes(api, auth, refs):
         "queue": "cpu",
         "nproc": 2,
         "nnodes": 1,
+        "strategy": "ddp",
     }
     with session_scope(api.database_url) as session:
         assert session.scalars(select(Job.nproc).where(Job.id == job["id"])).one() == 2
@@ -129,3 +156,10 @@ def test_a_limit_below_one_is_refused_naming_the_field(api):
     with pytest.raises(InvalidInput) as raised:
         set_project_limit_cli(made["project_id"], 0, get_settings())
     assert raised.value.errors[0]["loc"] == ["max_running_jobs"]
+
+
+def test_an_fsdp_job_is_stored_with_its_strategy(api, auth, refs):
+    spec = _spec(refs, resources={"queue": "cpu", "nproc": 2, "strategy": "fsdp"})
+    created = api.client.post("/v1/jobs", headers=auth, json=spec)
+    assert created.status_code == 201, created.text
+    assert created.json()["spec"]["resources"]["strategy"] == "fsdp"

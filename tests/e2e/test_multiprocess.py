@@ -186,3 +186,35 @@ def test_ranks_stop_when_their_worker_dies(two_process_stack, tiny_teacher, json
     stack.kill("serve")  # SIGKILL: the API and the worker; torchrun runs in its own session
     # Rank 0 sees its launcher gone between steps and every rank stops: no orphan trains on.
     wait_until(lambda: not _live_ranks(home, job_id), timeout=60, what="the ranks to exit")
+
+
+def test_an_fsdp_job_pauses_resumes_and_matches_one_process(
+    two_process_stack, tiny_teacher, jsonl_file
+):
+    # resources.strategy fsdp: each rank holds half of the student; a pause gathers the full
+    # state for rank 0's checkpoint, the resumed ranks shard it again, rank 0 saves the model.
+    _, api, home = two_process_stack
+    steps = 300  # the pause lands at the next heartbeat: the job must still be running then
+    spec = _spec(api, tiny_teacher, jsonl_file, 2, max_steps=steps, checkpoint_every=0)
+    spec["resources"]["strategy"] = "fsdp"
+    job_id = api.call("POST", "/v1/jobs", 201, json=spec)["id"]
+    paused = api.pause_after_step(job_id, 10)
+    step = paused["progress"]["step"]
+    assert [c["step"] for c in api.call("GET", f"/v1/jobs/{job_id}/checkpoints")["items"]] == [step]
+    wait_until(lambda: not _live_ranks(home, job_id), timeout=60, what="the ranks to exit")
+    api.call("POST", f"/v1/jobs/{job_id}/resume")
+    done = api.wait_status(job_id, TERMINAL, timeout=300)
+    assert done["status"] == "succeeded", api.events(job_id)
+    assert done["output_model_id"]
+
+    single_spec = dict(spec, resources={"queue": "cpu", "nproc": 1})
+    reference = api.call("POST", "/v1/jobs", 201, json=single_spec)["id"]
+    single = api.wait_status(reference, TERMINAL, timeout=300)
+    assert single["status"] == "succeeded"
+    got, want = _losses(api, job_id), _losses(api, reference)
+    assert sorted(got) == list(range(1, steps + 1))
+    worst = max(abs(got[s] - v) / abs(v) for s, v in want.items())
+    print(f"largest relative loss difference, fsdp on 2 processes vs 1: {worst:.2e}")
+    assert worst <= LOSS_RTOL, (got, want)
+    eval_one = single["result"]["student"]["loss"]
+    assert done["result"]["student"]["loss"] == pytest.approx(eval_one, rel=1e-3)
