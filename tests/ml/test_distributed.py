@@ -36,14 +36,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _rank_main(rank: int, world_size: int, port: int, config_json: str, out: str,
-               stop_after: int | None, resume_from: str | None) -> None:  # fmt: skip
-    """One rank: join the gloo group, train, and leave what it recorded in ``out``."""
+def join_and_build(rank: int, world_size: int, port: int, config_json: str,
+                   stop_after: int | None) -> tuple[World, Recorder, DistillRecipe]:  # fmt: skip
+    """Join the gloo group on loopback as ``rank`` and build the recipe with a recorder; only
+    rank 0 asks to stop (the recipe must stop every rank at that same step)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))  # fmt: skip
     torch.set_num_threads(1)
     world = join_world("cpu")
-    # Only rank 0 asks to stop: the recipe must stop every rank at that same step.
     recorder = Recorder(stop_after=stop_after if rank == 0 else None)
     recipe = DistillRecipe(
         RecipeConfig.from_json(config_json),
@@ -53,6 +53,13 @@ def _rank_main(rank: int, world_size: int, port: int, config_json: str, out: str
         on_checkpoint=lambda step, path: recorder.checkpoints.append((step, path)),
         world=world,
     )
+    return world, recorder, recipe
+
+
+def _rank_main(rank: int, world_size: int, port: int, config_json: str, out: str,
+               stop_after: int | None, resume_from: str | None) -> None:  # fmt: skip
+    """One rank: join the gloo group, train, and leave what it recorded in ``out``."""
+    world, recorder, recipe = join_and_build(rank, world_size, port, config_json, stop_after)
     recipe.setup(resume_from=Path(resume_from) if resume_from else None)
     outcome = recipe.train()
     assert recipe.student is not None

@@ -8,7 +8,6 @@ checkpoints are in the one-process format, so they resume in one process and on 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -19,11 +18,16 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from ml.distillation.distributed import join_world, leave_world
-from ml.distillation.recipe import DistillRecipe, RecipeConfig
+from ml.distillation.distributed import leave_world
+from ml.distillation.recipe import RecipeConfig
 from ml.distillation.sharding import decoder_layers
 from ml.loading import load_causal_lm
-from tests.ml.test_distributed import _free_port, assert_same_curve, one_process
+from tests.ml.test_distributed import (
+    _free_port,
+    assert_same_curve,
+    join_and_build,
+    one_process,
+)
 from tests.ml.test_recipe import Recorder
 
 WEIGHT_ATOL = 1e-5  # as for replicated ranks (tests/ml/test_distributed.py)
@@ -33,19 +37,7 @@ def _rank_main(rank: int, world_size: int, port: int, config_json: str, out: str
                stop_after: int | None, resume_from: str | None) -> None:  # fmt: skip
     """One FSDP rank: train; rank 0 then checkpoints (when stopped, as a pause does) or saves
     the student, alone, after the other rank has gone."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))  # fmt: skip
-    torch.set_num_threads(1)
-    world = join_world("cpu")
-    recorder = Recorder(stop_after=stop_after if rank == 0 else None)
-    recipe = DistillRecipe(
-        RecipeConfig.from_json(config_json),
-        metrics_sink=recorder.batches.append,
-        event_sink=lambda level, message, data: recorder.events.append((level, message, data)),
-        should_stop=recorder.should_stop,
-        on_checkpoint=lambda step, path: recorder.checkpoints.append((step, path)),
-        world=world,
-    )
+    world, recorder, recipe = join_and_build(rank, world_size, port, config_json, stop_after)
     recipe.setup(resume_from=Path(resume_from) if resume_from else None)
     assert recipe.student is not None
     sharded = type(recipe.student).__name__.startswith("FSDP")
