@@ -3,6 +3,8 @@
     .venv/bin/python -m bench.kd_quality                     # the table in docs/BENCHMARKS.md
     .venv/bin/python -m bench.kd_quality --student-init copy     # the rejected design
     .venv/bin/python -m bench.kd_quality --quick             # ce vs fkl, 1 seed, a minute
+    .venv/bin/python -m bench.kd_quality --warm-start-steps 400 --steps 200 --lr 3e-4
+        # GKD's protocol: every method continues from the same SFT student
 
 The set-up, fixed before any method ran and the same for every method:
 
@@ -23,6 +25,10 @@ The set-up, fixed before any method ran and the same for every method:
   documented default parameters (:data:`METHOD_PARAMS`). ``ce`` also loads the teacher (unused
   by its loss) so that the seeded student initialisation is the same draw for every method.
 - seeds: the recipe seed changes the data order (and, for ``random``, the student's init).
+- ``warm_start_steps`` > 0 (GKD's protocol, Agarwal et al. 2024, Sec. 4: distillation starts
+  from a supervised fine-tuned student): per seed, the student is first fine-tuned with ``ce``
+  for that many steps at ``warm_start_lr`` (cached), and every method -- ``ce`` included, which
+  then simply goes on fine-tuning -- continues from that checkpoint for ``steps`` at ``lr``.
 
 Significance: per method, ``delta = mean(method) - mean(ce)`` over the seeds; it is *beyond
 noise* when ``|delta| > 2 * sqrt((s_method^2 + s_ce^2) / 2)`` (sample standard deviations), and
@@ -46,8 +52,10 @@ import torch
 from ml.data.demo_teacher import build_demo_teacher
 from ml.data.formatting import to_prompt_response
 from ml.data.instructions import generate_instruction_records, split_records
+from ml.distillation.data_modes import seqkd_records
 from ml.distillation.losses import resolve_kd_params
 from ml.distillation.recipe import DistillRecipe, RecipeConfig
+from ml.distillation.sampling import GenerationSettings
 from ml.distillation.taid import TAID_SCHEDULE_PARAMS
 from ml.evaluation.generation import evaluate_model
 from ml.loading import load_causal_lm, load_tokenizer
@@ -67,6 +75,9 @@ METHOD_PARAMS: dict[str, dict[str, float]] = {
     "akl": resolve_kd_params("akl", {}),
     "atkd": resolve_kd_params("atkd", {}),
     "taid": dict(TAID_SCHEDULE_PARAMS),
+    # Kim & Rush 2016's sequence-level KD: plain CE on the teacher's greedy responses. Only
+    # with transfer prompts (below), where it is the hard-label control for the soft losses.
+    "seqkd": {},
 }
 METRICS = ("exact_match", "rouge_l", "loss")
 
@@ -93,6 +104,12 @@ class BenchSettings:
     max_length: int = 64
     eval_examples: int = 1000  # at most this many held-out records (all of them by default)
     max_new_tokens: int = 12
+    warm_start_steps: int = 0  # > 0: every method continues from a ce-trained student (GKD)
+    warm_start_lr: float = 1e-3
+    # > 0: this many training prompts after the student's own records, *without* their
+    # responses, form a transfer set (Hinton et al. 2015, Sec. 2): the teacher answers them
+    # (greedy, cached) and every method but ``ce`` trains on labels + transfer set.
+    transfer_prompts: int = 0
 
     def teacher_key(self) -> str:
         return (
@@ -154,6 +171,30 @@ def ensure_teacher(
     return out, stats
 
 
+def ensure_transfer_set(
+    settings: BenchSettings, data: BenchData, teacher: Path, cache_dir: Path = CACHE_DIR
+) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """The transfer set: the ``transfer_prompts`` training prompts after the student's records,
+    answered by the teacher (greedy, at most ``max_new_tokens``), built once; and how often the
+    teacher's answer equals the withheld reference."""
+    start, end = settings.student_records, settings.student_records + settings.transfer_prompts
+    out = cache_dir / f"transfer-{settings.teacher_key()}-{start}-{end}.json"
+    if not out.exists():
+        answered = seqkd_records(
+            load_causal_lm(teacher),
+            load_tokenizer(teacher),
+            data.train[start:end],
+            GenerationSettings(max_new_tokens=settings.max_new_tokens, temperature=0.0),
+            batch_size=64,
+            max_length=settings.max_length,
+        )
+        out.write_text(json.dumps(answered))
+    transfer = [(p, r) for p, r in json.loads(out.read_text())]
+    withheld = data.train[start:end]
+    agree = sum(a == b for (_, a), (_, b) in zip(transfer, withheld, strict=True))
+    return transfer, {"prompts": len(transfer), "teacher_equals_withheld": agree / len(transfer)}
+
+
 def _student_init(settings: BenchSettings) -> dict[str, Any]:
     if settings.student_init == "copy":
         return {"from_teacher_layers": 2}
@@ -174,17 +215,24 @@ def _student_init(settings: BenchSettings) -> dict[str, Any]:
 
 
 def recipe_config(
-    settings: BenchSettings, data: BenchData, teacher: Path, method: str, seed: int
+    settings: BenchSettings,
+    data: BenchData,
+    teacher: Path,
+    method: str,
+    seed: int,
+    *,
+    student_path: Path | None = None,
+    train_records: list[tuple[str, str]] | None = None,
 ) -> RecipeConfig:
     return RecipeConfig(
         # ce ignores the teacher's logits but still loads it: the tokenizer and the seeded
         # student draw then come out exactly as for the KD methods.
         teacher_path=teacher,
-        student_path=None,
-        student_init=_student_init(settings),
-        train_records=data.train[: settings.student_records],
+        student_path=student_path,
+        student_init=None if student_path is not None else _student_init(settings),
+        train_records=train_records or data.train[: settings.student_records],
         eval_records=data.held_out,
-        loss=method,
+        loss="ce" if method == "seqkd" else method,
         loss_params=dict(METHOD_PARAMS[method]),
         temperature=settings.temperature,
         alpha_ce=settings.alpha_ce if method != "ce" else 0.0,
@@ -200,6 +248,35 @@ def recipe_config(
     )
 
 
+def _recipe(config: RecipeConfig) -> DistillRecipe:
+    return DistillRecipe(
+        config,
+        metrics_sink=lambda _points: None,
+        event_sink=lambda _level, _message, _data: None,
+        should_stop=lambda: False,
+        on_checkpoint=lambda _step, _path: None,
+    )
+
+
+def ensure_warm_student(
+    settings: BenchSettings, data: BenchData, teacher: Path, seed: int, cache_dir: Path = CACHE_DIR
+) -> Path:
+    """The seed's ``ce``-trained starting student (GKD's SFT initialisation), built once."""
+    out = cache_dir / (
+        f"warm-{settings.teacher_key()}-{settings.student_init}-n{settings.student_records}"
+        f"-w{settings.warm_start_steps}-lr{settings.warm_start_lr:g}-s{seed}"
+    )
+    if (out / "config.json").exists():
+        return out
+    warm = replace(settings, steps=settings.warm_start_steps, lr=settings.warm_start_lr)
+    recipe = _recipe(recipe_config(warm, data, teacher, "ce", seed))
+    recipe.setup()
+    recipe.train()
+    recipe.save_student(out)
+    recipe.cleanup()
+    return out
+
+
 def run_one(
     settings: BenchSettings,
     data: BenchData,
@@ -208,14 +285,21 @@ def run_one(
     seed: int,
     *,
     with_untrained: bool = False,
+    student_path: Path | None = None,
+    train_records: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Train one student; its held-out metrics, and the untrained student's when asked."""
-    recipe = DistillRecipe(
-        recipe_config(settings, data, teacher, method, seed),
-        metrics_sink=lambda _points: None,
-        event_sink=lambda _level, _message, _data: None,
-        should_stop=lambda: False,
-        on_checkpoint=lambda _step, _path: None,
+    """Train one student; its held-out metrics, and the untrained student's when asked
+    (with ``student_path``, "untrained" is that starting student)."""
+    recipe = _recipe(
+        recipe_config(
+            settings,
+            data,
+            teacher,
+            method,
+            seed,
+            student_path=student_path,
+            train_records=train_records,
+        )  # fmt: skip
     )
     started = time.perf_counter()
     recipe.setup()
@@ -350,10 +434,30 @@ def run_bench(
         f"records ({data.held_out_prompts} distinct prompts); student trains on "
         f"{min(settings.student_records, len(data.train))} of {len(data.train)} records"
     )
+    labeled_and_transfer = None
+    transfer_stats: dict[str, Any] = {}
+    if settings.transfer_prompts:
+        transfer, transfer_stats = ensure_transfer_set(settings, data, teacher_dir, cache_dir)
+        labeled_and_transfer = data.train[: settings.student_records] + transfer
+        _say(f"transfer set: {transfer_stats}")
+    elif "seqkd" in methods:
+        raise ValueError("seqkd is the control of a transfer set: give transfer_prompts")
     runs: list[dict[str, Any]] = []
     for seed in seeds:
+        start = None
+        if settings.warm_start_steps > 0:
+            start = ensure_warm_student(settings, data, teacher_dir, seed, cache_dir)
         for method in methods:
-            run = run_one(settings, data, teacher_dir, method, seed, with_untrained=method == "ce")
+            run = run_one(
+                settings,
+                data,
+                teacher_dir,
+                method,
+                seed,
+                with_untrained=method == "ce",
+                student_path=start,
+                train_records=None if method == "ce" else labeled_and_transfer,
+            )
             runs.append(run)
             held = run["held_out"]
             _say(
@@ -369,6 +473,7 @@ def run_bench(
         "held_out_prompts": data.held_out_prompts,
         "teacher_train_records": len(data.train),
         "teacher": teacher,
+        "transfer_set": transfer_stats,
         "runs": runs,
         "summary": summary,
         "table": markdown_table(summary, teacher),
@@ -385,11 +490,28 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--methods", nargs="+", choices=(*METHODS, "seqkd"), default=None,
+        help="default: every method, and seqkd too with --transfer-prompts",
+    )  # fmt: skip
+    parser.add_argument(
+        "--transfer-prompts",
+        type=int,
+        default=None,
+        help="unlabelled training prompts the teacher answers for every method but ce",
+    )
     parser.add_argument("--student-init", choices=("random", "copy"), default="random")
     parser.add_argument("--student-records", type=int, default=None)
     parser.add_argument(
         "--alpha-ce", type=float, default=None, help="CE mix weight for every KD method (default 0)"
+    )
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--temperature", type=float, default=None, help="KD temperature (1)")
+    parser.add_argument(
+        "--warm-start-steps",
+        type=int,
+        default=None,
+        help="fine-tune each seed's student with ce first, then run every method from it",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -403,16 +525,22 @@ def main(argv: list[str] | None = None) -> None:
     transformers_logging.disable_progress_bar()
 
     settings = replace(BenchSettings(), student_init=args.student_init)
-    methods, seeds = tuple(args.methods), tuple(args.seeds)
+    if args.transfer_prompts is not None:
+        settings = replace(settings, transfer_prompts=args.transfer_prompts)
+    default_methods = (*METHODS, "seqkd") if settings.transfer_prompts else METHODS
+    methods, seeds = tuple(args.methods or default_methods), tuple(args.seeds)
     if args.quick:
         settings = replace(settings, steps=100)
         methods, seeds = ("ce", "fkl"), (0,)
-    if args.steps is not None:
-        settings = replace(settings, steps=args.steps)
-    if args.student_records is not None:
-        settings = replace(settings, student_records=args.student_records)
-    if args.alpha_ce is not None:
-        settings = replace(settings, alpha_ce=args.alpha_ce)
+    overrides = {
+        "steps": args.steps,
+        "student_records": args.student_records,
+        "alpha_ce": args.alpha_ce,
+        "lr": args.lr,
+        "temperature": args.temperature,
+        "warm_start_steps": args.warm_start_steps,
+    }
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     results = run_bench(settings, methods=methods, seeds=seeds)
     results["command"] = "python -m bench.kd_quality " + " ".join(
         sys.argv[1:] if argv is None else argv
@@ -423,6 +551,10 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out
     if out is None and not args.quick:
         suffix = "" if settings.student_init == "random" else f"_{settings.student_init}"
+        if settings.warm_start_steps:
+            suffix += f"_warm{settings.warm_start_steps}"
+        if settings.transfer_prompts:
+            suffix += f"_transfer{settings.transfer_prompts}"
         out = RESULTS_DIR / f"kd_quality{suffix}.json"
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
