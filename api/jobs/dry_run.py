@@ -174,7 +174,8 @@ def _plan(
     memory = estimates.estimate_memory(
         student=student, teachers=resident_teachers, micro_batch=training.batch_size,
         seq_len=seq_len, kd=loss != "ce", kd_chunk_tokens=training.kd_chunk_tokens,
-        float32_activations=spec.resources.queue == "cpu",
+        float32_activations=spec.resources.queue == "cpu", processes=spec.resources.nproc,
+        sharded=spec.resources.strategy == "fsdp",
     )  # fmt: skip
     time = estimates.estimate_time(
         student_params=student["params"],

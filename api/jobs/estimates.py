@@ -93,9 +93,15 @@ def estimate_memory(
     kd: bool,
     kd_chunk_tokens: int,
     float32_activations: bool,
+    processes: int = 1,
+    sharded: bool = False,
 ) -> dict[str, Any]:
+    """Peak bytes of one training process. With ``processes`` > 1 each takes its share of the
+    micro-batch; ``sharded`` (FSDP) divides the student's weights, gradients and AdamW states
+    by ``processes`` and adds one decoder layer's gathered weights."""
     params, trainable = student["params"], student["trainable_params"]
     layers, hidden = student["num_layers"], student["hidden_size"]
+    micro_batch = -(-micro_batch // max(processes, 1))
     heads = max(student["num_attention_heads"], 1)
     vocab = student["vocab_size"]
     per_layer = seq_len * micro_batch * hidden * (34 + 5 * heads * seq_len / max(hidden, 1))
@@ -107,10 +113,12 @@ def estimate_memory(
         logits = LOGIT_COPIES_CE * full // 3 + LOGIT_COPIES_KD * kd_chunk_tokens * vocab * 4
     else:
         logits = LOGIT_COPIES_KD * full
+    shards = max(processes, 1) if sharded else 1
+    gathered_layer = 4 * params // max(layers, 1) if sharded else 0
     parts = {
-        "student_weights": 4 * params,
-        "gradients": 4 * trainable,
-        "adamw_states": 8 * trainable,
+        "student_weights": 4 * params // shards + gathered_layer,
+        "gradients": 4 * trainable // shards,
+        "adamw_states": 8 * trainable // shards,
         "teacher_weights": sum(t["params"] * DTYPE_BYTES.get(t["dtype"], 4) for t in teachers),
         "activations": activations,
         "logits": logits,
@@ -120,7 +128,10 @@ def estimate_memory(
         "parts_bytes": parts,
         "micro_batch": micro_batch,
         "sequence_length": seq_len,
-        "method": "float32 master weights + gradients + AdamW (8 B per trainable parameter) + "
+        "processes": processes,
+        "sharded": sharded,
+        "method": "per process: float32 master weights + gradients + AdamW (8 B per trainable "
+        "parameter), divided over the processes when sharded (plus one gathered layer) + "
         "teacher weights at their dtype + activations (Korthikanti et al. 2022, "
         "34 + 5as/h bytes per token per hidden unit per layer, x2 for float32) + logits "
         f"({LOGIT_COPIES_KD if kd else LOGIT_COPIES_CE} float32 copies of batch x seq x vocab)",

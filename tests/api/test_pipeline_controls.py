@@ -70,6 +70,15 @@ def test_validate_reports_the_plan_and_writes_nothing(api, auth, refs, tiny_teac
     assert report["time"]["seconds"] > 0 and "assumed" in report["time"]["method"]
     assert _row_counts(api.database_url) == before  # no job, no event
 
+    # Two FSDP processes: each holds half the student's state, one gathered layer more.
+    sharded = _spec(refs, resources={"queue": "cpu", "nproc": 2, "strategy": "fsdp"})
+    parts = api.client.post("/v1/jobs/validate", headers=auth, json=sharded).json()["memory"]
+    assert parts["processes"] == 2 and parts["sharded"] is True
+    assert parts["parts_bytes"]["adamw_states"] == 8 * student["params"] // 2
+    layer = 4 * student["params"] // student["num_layers"]
+    assert parts["parts_bytes"]["student_weights"] == 4 * student["params"] // 2 + layer
+    assert parts["micro_batch"] == -(-memory["micro_batch"] // 2)
+
 
 def test_dry_run_on_create_returns_the_report_and_creates_nothing(api, auth, refs):
     before = _row_counts(api.database_url)
