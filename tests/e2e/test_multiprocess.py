@@ -194,7 +194,7 @@ def test_an_fsdp_job_pauses_resumes_and_matches_one_process(
     # resources.strategy fsdp: each rank holds half of the student; a pause gathers the full
     # state for rank 0's checkpoint, the resumed ranks shard it again, rank 0 saves the model.
     _, api, home = two_process_stack
-    steps = 300  # the pause lands at the next heartbeat: the job must still be running then
+    steps = 400  # the pause lands at the next heartbeat: the job must still be running then
     spec = _spec(api, tiny_teacher, jsonl_file, 2, max_steps=steps, checkpoint_every=0)
     spec["resources"]["strategy"] = "fsdp"
     job_id = api.call("POST", "/v1/jobs", 201, json=spec)["id"]
