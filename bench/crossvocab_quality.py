@@ -5,6 +5,8 @@ the labels. Same data, steps and held-out set as ``bench/kd_quality.py``; every 
 in CE with ``alpha_ce`` (the papers' recipes all do: DSKD 0.5, ULD CE + λ·ULD).
 
     python -m bench.crossvocab_quality [--seeds 0 1 2] [--steps N] [--alpha-ce 0.5]
+    python -m bench.crossvocab_quality --warm-start-steps 400 --steps 200 --lr 3e-4
+        # GKD's protocol, as in bench/kd_quality.py: every method from the seed's ce student
 """
 
 from __future__ import annotations
@@ -57,9 +59,31 @@ def ensure_student_base(settings: BenchSettings, data: BenchData, seed: int) -> 
     return out
 
 
-def run_one(settings: BenchSettings, data: BenchData, teacher: Path, student: Path,
-            method: str, seed: int) -> dict[str, Any]:  # fmt: skip
-    config = RecipeConfig(
+def ensure_warm_student(
+    settings: BenchSettings, data: BenchData, teacher: Path, student: Path, seed: int
+) -> Path:
+    """The seed's tokenizer-B student after ``warm_start_steps`` of ``ce`` at
+    ``warm_start_lr`` (GKD's SFT start), built once."""
+    out = CACHE_DIR / (
+        f"{student.name}-warm{settings.warm_start_steps}-lr{settings.warm_start_lr:g}"
+        f"-n{settings.student_records}"
+    )
+    if (out / "config.json").exists():
+        return out
+    warm = replace(settings, steps=settings.warm_start_steps, lr=settings.warm_start_lr)
+    config = _config(warm, data, teacher, student, "ce", seed)
+    recipe = DistillRecipe(config, metrics_sink=lambda _p: None, event_sink=lambda *_a: None,
+                           should_stop=lambda: False, on_checkpoint=lambda *_a: None)  # fmt: skip
+    recipe.setup()
+    recipe.train()
+    recipe.save_student(out)
+    recipe.cleanup()
+    return out
+
+
+def _config(settings: BenchSettings, data: BenchData, teacher: Path, student: Path,
+            method: str, seed: int) -> RecipeConfig:  # fmt: skip
+    return RecipeConfig(
         teacher_path=teacher, student_path=student, student_init=None,
         train_records=data.train[: settings.student_records], eval_records=data.held_out,
         loss=method, alpha_ce=settings.alpha_ce if method != "ce" else 0.0,
@@ -68,6 +92,11 @@ def run_one(settings: BenchSettings, data: BenchData, teacher: Path, student: Pa
         max_length=settings.max_length, seed=seed, eval_max_examples=len(data.held_out),
         max_new_tokens=settings.max_new_tokens,
     )  # fmt: skip
+
+
+def run_one(settings: BenchSettings, data: BenchData, teacher: Path, student: Path,
+            method: str, seed: int) -> dict[str, Any]:  # fmt: skip
+    config = _config(settings, data, teacher, student, method, seed)
     recipe = DistillRecipe(config, metrics_sink=lambda _p: None, event_sink=lambda *_a: None,
                            should_stop=lambda: False, on_checkpoint=lambda *_a: None)  # fmt: skip
     recipe.setup()
@@ -90,7 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--alpha-ce", type=float, default=0.5)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "crossvocab_quality.json")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--warm-start-steps", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     from transformers.utils import logging as transformers_logging
@@ -99,12 +130,19 @@ def main(argv: list[str] | None = None) -> None:
     settings = replace(BenchSettings(), alpha_ce=args.alpha_ce)
     if args.steps is not None:
         settings = replace(settings, steps=args.steps)
+    if args.lr is not None:
+        settings = replace(settings, lr=args.lr)
+    settings = replace(settings, warm_start_steps=args.warm_start_steps)
+    suffix = f"_warm{args.warm_start_steps}" if args.warm_start_steps else ""
+    out = args.out or RESULTS_DIR / f"crossvocab_quality{suffix}.json"
     started = time.perf_counter()
     data = load_data(settings)
     teacher_dir, teacher = ensure_teacher(settings, data)
     runs = []
     for seed in args.seeds:
         student = ensure_student_base(settings, data, seed)
+        if settings.warm_start_steps:
+            student = ensure_warm_student(settings, data, teacher_dir, student, seed)
         for method in args.methods:
             run = run_one(settings, data, teacher_dir, student, method, seed)
             runs.append(run)
@@ -117,8 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + table)
     wall = time.perf_counter() - started
     print(f"\nwall time {wall:.0f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"settings": asdict(settings), "student_vocab": STUDENT_VOCAB,
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"settings": asdict(settings), "student_vocab": STUDENT_VOCAB,
                                     "runs": runs, "summary": summary, "table": table,
                                     "wall_seconds": wall}, indent=2) + "\n")  # fmt: skip
 
