@@ -127,8 +127,10 @@ def test_two_fsdp_ranks_match_one_process(
     assert_same_curve(ranks[0]["grad_norm"], single.series("train/grad_norm"))
     # Both ranks evaluated (in step); their results equal the one-process evaluation.
     assert ranks[0]["eval"] == ranks[1]["eval"]
-    for key, value in single_outcome.eval.items():
-        assert ranks[0]["eval"][key] == pytest.approx(value, abs=1e-4), key
+    assert ranks[0]["eval"]["loss"] == pytest.approx(single_outcome.eval["loss"], rel=1e-4)
+    # Greedy answers may flip on a near-tie under float32 noise: at most one of the 8 examples.
+    for key in ("exact_match", "rouge_l"):
+        assert abs(ranks[0]["eval"][key] - single_outcome.eval[key]) <= 1 / 8 + 1e-9, key
     assert ranks[1]["n_metric_points"] == 0  # rank 1 records nothing
     assert [c[0] for c in ranks[0]["checkpoints"]] == [3, 6]
     assert_close(saved_weights(tmp_path / "ranks" / "student"),
