@@ -41,7 +41,8 @@ STUDENT_VOCAB = 384
 
 def ensure_student_base(settings: BenchSettings, data: BenchData, seed: int) -> Path:
     """A randomly initialised half-depth LLaMA with tokenizer B, one per seed."""
-    out = CACHE_DIR / f"crossvocab-student-v{STUDENT_VOCAB}-s{seed}"
+    noise = f"-noise{settings.label_noise:g}" if settings.label_noise else ""
+    out = CACHE_DIR / f"crossvocab-student-v{STUDENT_VOCAB}{noise}-s{seed}"
     if (out / "config.json").exists():
         return out
     texts = [r["prompt"] + " " + r["response"] for r in data.train_records]
@@ -121,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--warm-start-steps", type=int, default=0)
+    parser.add_argument(
+        "--label-noise", type=float, default=0.0,
+        help="share of training responses replaced by a wrong one of the same task",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
@@ -132,8 +137,11 @@ def main(argv: list[str] | None = None) -> None:
         settings = replace(settings, steps=args.steps)
     if args.lr is not None:
         settings = replace(settings, lr=args.lr)
-    settings = replace(settings, warm_start_steps=args.warm_start_steps)
+    settings = replace(
+        settings, warm_start_steps=args.warm_start_steps, label_noise=args.label_noise
+    )
     suffix = f"_warm{args.warm_start_steps}" if args.warm_start_steps else ""
+    suffix += f"_noise{args.label_noise:g}" if args.label_noise else ""
     out = args.out or RESULTS_DIR / f"crossvocab_quality{suffix}.json"
     started = time.perf_counter()
     data = load_data(settings)

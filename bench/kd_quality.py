@@ -51,7 +51,7 @@ import torch
 
 from ml.data.demo_teacher import build_demo_teacher
 from ml.data.formatting import to_prompt_response
-from ml.data.instructions import generate_instruction_records, split_records
+from ml.data.instructions import corrupt_responses, generate_instruction_records, split_records
 from ml.distillation.data_modes import seqkd_records
 from ml.distillation.losses import resolve_kd_params
 from ml.distillation.recipe import DistillRecipe, RecipeConfig
@@ -110,10 +110,18 @@ class BenchSettings:
     # responses, form a transfer set (Hinton et al. 2015, Sec. 2): the teacher answers them
     # (greedy, cached) and every method but ``ce`` trains on labels + transfer set.
     transfer_prompts: int = 0
+    # > 0: this share of the *training* records (teacher's and student's alike) get a wrong
+    # response of the same task (:func:`corrupt_responses`, seed 0), as real instruction sets
+    # carry; the held-out references stay correct.
+    label_noise: float = 0.0
+
+    def data_key(self) -> str:
+        noise = f"-noise{self.label_noise:g}" if self.label_noise else ""
+        return f"r{self.records}-f{self.eval_fraction}-s{self.split_seed}{noise}"
 
     def teacher_key(self) -> str:
         return (
-            f"teacher-r{self.records}-f{self.eval_fraction}-s{self.split_seed}"
+            f"teacher-{self.data_key()}"
             f"-h{self.teacher_hidden}-l{self.teacher_layers}-n{self.teacher_steps}"
         )
 
@@ -129,6 +137,8 @@ class BenchData:
 def load_data(settings: BenchSettings) -> BenchData:
     records = generate_instruction_records(settings.records, seed=0)
     train, held_out = split_records(records, settings.eval_fraction, settings.split_seed)
+    if settings.label_noise:
+        train, _ = corrupt_responses(train, settings.label_noise, seed=0)
     held_out = held_out[: settings.eval_examples]
     return BenchData(
         train_records=train,
@@ -506,6 +516,10 @@ def main(argv: list[str] | None = None) -> None:
         "--alpha-ce", type=float, default=None, help="CE mix weight for every KD method (default 0)"
     )
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument(
+        "--label-noise", type=float, default=None,
+        help="share of training responses replaced by a wrong one of the same task (0)",
+    )  # fmt: skip
     parser.add_argument("--temperature", type=float, default=None, help="KD temperature (1)")
     parser.add_argument(
         "--warm-start-steps",
@@ -539,6 +553,7 @@ def main(argv: list[str] | None = None) -> None:
         "lr": args.lr,
         "temperature": args.temperature,
         "warm_start_steps": args.warm_start_steps,
+        "label_noise": args.label_noise,
     }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     results = run_bench(settings, methods=methods, seeds=seeds)
@@ -555,6 +570,8 @@ def main(argv: list[str] | None = None) -> None:
             suffix += f"_warm{settings.warm_start_steps}"
         if settings.transfer_prompts:
             suffix += f"_transfer{settings.transfer_prompts}"
+        if settings.label_noise:
+            suffix += f"_noise{settings.label_noise:g}"
         out = RESULTS_DIR / f"kd_quality{suffix}.json"
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -132,6 +132,37 @@ def generate_instruction_records(n: int, seed: int) -> list[Record]:
     return records
 
 
+def corrupt_responses(records: list[Record], rate: float, seed: int) -> tuple[list[Record], int]:
+    """Label noise: each record, independently with probability ``rate``, gets the response of
+    another record of the same task whose response differs (a plausible but wrong answer, as a
+    careless annotator or a weak generator writes). Returns ``(copies, corrupted_count)``; the
+    input is not modified, prompts and tasks are kept, deterministic in ``seed``.
+
+    Used for training data only, to model the noisy responses of real instruction sets; the
+    held-out references a model is scored against stay correct.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must be in [0, 1], got {rate}")
+    rng = random.Random(seed)
+    responses_by_task: dict[str, list[str]] = {}
+    for record in records:
+        responses = responses_by_task.setdefault(record.get("task", ""), [])
+        if record["response"] not in responses:
+            responses.append(record["response"])
+    corrupted: list[Record] = []
+    count = 0
+    for record in records:
+        copy = dict(record)
+        if rng.random() < rate:
+            task_responses = responses_by_task[record.get("task", "")]
+            wrong = [r for r in task_responses if r != record["response"]]
+            if wrong:
+                copy["response"] = rng.choice(wrong)
+                count += 1
+        corrupted.append(copy)
+    return corrupted, count
+
+
 def write_jsonl(records: Iterable[dict[str, Any]], path: Path | str) -> None:
     """Write one JSON object per line (UTF-8), creating parent directories."""
     path = Path(path)

@@ -10,6 +10,7 @@ import pytest
 from ml.data.formatting import PROMPT_TEMPLATE, to_prompt_response
 from ml.data.instructions import (
     TASKS,
+    corrupt_responses,
     generate_instruction_records,
     split_records,
     write_jsonl,
@@ -86,6 +87,28 @@ def test_split_holds_out_whole_prompts_per_task() -> None:
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held_out}
     assert {r["task"] for r in held_out} == set(TASKS)
     assert split_records(records, 0.2, seed=0) == (train, held_out)
+
+
+def test_corrupt_responses_swaps_in_wrong_answers_of_the_same_task() -> None:
+    records = generate_instruction_records(2000, seed=3)
+    before = [dict(r) for r in records]
+    noisy, count = corrupt_responses(records, 0.2, seed=7)
+
+    assert records == before  # the input is untouched
+    changed = [(a, b) for a, b in zip(records, noisy, strict=True) if a != b]
+    assert len(changed) == count
+    assert 0.16 < count / len(records) < 0.24  # about the rate
+    responses_by_task: dict[str, set[str]] = {}
+    for record in records:
+        responses_by_task.setdefault(record["task"], set()).add(record["response"])
+    for clean, dirty in changed:
+        assert dirty["prompt"] == clean["prompt"] and dirty["task"] == clean["task"]
+        assert dirty["response"] != clean["response"]  # wrong ...
+        assert dirty["response"] in responses_by_task[clean["task"]]  # ... but plausible
+    assert corrupt_responses(records, 0.2, seed=7) == (noisy, count)
+    assert corrupt_responses(records, 0.0, seed=7) == (before, 0)
+    with pytest.raises(ValueError, match="rate"):
+        corrupt_responses(records, 1.5, seed=7)
 
 
 def test_write_jsonl_round_trips(tmp_path: Path) -> None:
