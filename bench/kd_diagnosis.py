@@ -2,6 +2,7 @@
 and where the student's held-out errors are.
 
     .venv/bin/python -m bench.kd_diagnosis          # about 2 minutes on 2 cores
+    .venv/bin/python -m bench.kd_diagnosis --label-noise 0.2   # the fifth design's data
 
 Two measurements on the ``bench/kd_quality.py`` set-up (same data, teacher and student):
 
@@ -9,6 +10,9 @@ Two measurements on the ``bench/kd_quality.py`` set-up (same data, teacher and s
    records (exactly the targets every KD loss is given), at temperature 1 and 2: mean
    probability of the label, mean entropy, and the share of tokens where the label gets more
    than 0.99. Where the teacher is that sure, ``fkl``'s target is the one-hot label.
+   With ``--label-noise``, the same statistics separately on the student's clean records, on
+   its corrupted records against the wrong label they carry, and on those records against
+   the correct answer they lost: how far the teacher disagrees with the noise.
 2. Held-out exact match per task family for the teacher and for a ``ce`` and an ``fkl`` student
    (seed 0): which skills the student lacks.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +98,15 @@ def train_student(settings: BenchSettings, teacher: Path, method: str, out: Path
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "kd_diagnosis.json")
-    parser.add_argument("--work", type=Path, default=Path("bench/.cache/kd_diagnosis"))
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--label-noise", type=float, default=0.0)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    settings = BenchSettings()
+    settings = BenchSettings(label_noise=args.label_noise)
+    noise = f"_noise{args.label_noise:g}" if args.label_noise else ""
+    out = args.out or RESULTS_DIR / f"kd_diagnosis{noise}.json"
+    work = args.work or Path(f"bench/.cache/kd_diagnosis{noise}")
     data = load_data(settings)
     teacher, _ = ensure_teacher(settings, data)
     student_records = data.train[: settings.student_records]
@@ -106,6 +115,16 @@ def main(argv: list[str] | None = None) -> None:
         stats = teacher_target_stats(teacher, student_records, settings.max_length, temperature)
         report["teacher_targets"][f"T={temperature:g}"] = stats
         print(f"teacher targets at T={temperature:g}: {stats}", flush=True)
+    if settings.label_noise:
+        clean = load_data(replace(settings, label_noise=0.0)).train[: settings.student_records]
+        lost = [c for c, n in zip(clean, student_records, strict=True) if c != n]
+        wrong = [n for c, n in zip(clean, student_records, strict=True) if c != n]
+        kept = [n for c, n in zip(clean, student_records, strict=True) if c == n]
+        report["noise"] = {"corrupted_records": len(wrong), "clean_records": len(kept)}
+        for name, subset in (("clean", kept), ("wrong_label", wrong), ("correct_answer", lost)):
+            stats = teacher_target_stats(teacher, subset, settings.max_length, 1.0)
+            report["noise"][name] = stats
+            print(f"teacher at T=1 on {name} ({len(subset)} records): {stats}", flush=True)
     records = generate_instruction_records(settings.records, seed=0)
     held_out = split_records(records, settings.eval_fraction, settings.split_seed)[1]
     student_tasks = {}
@@ -117,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     report["held_out_exact_match"] = {"teacher": per_task_exact_match(teacher, held_out, settings)}
     for method in ("ce", "fkl"):
-        student = train_student(settings, teacher, method, args.work / f"{method}-seed0")
+        student = train_student(settings, teacher, method, work / f"{method}-seed0")
         report["held_out_exact_match"][method] = per_task_exact_match(student, held_out, settings)
     print("\n| task | held-out records | teacher | ce (seed 0) | fkl (seed 0) |")
     print("| --- | --- | --- | --- | --- |")
@@ -125,8 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     for task, count in report["held_out_records_per_task"].items():
         print(f"| {task} | {count} | {em['teacher'][task]:.3f} | {em['ce'][task]:.3f} "
               f"| {em['fkl'][task]:.3f} |")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
