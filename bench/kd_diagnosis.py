@@ -73,6 +73,29 @@ def teacher_target_stats(
     }
 
 
+@torch.no_grad()
+def response_log_likelihoods(
+    teacher_dir: Path, records: list[tuple[str, str]], max_length: int
+) -> list[float]:
+    """The teacher's log-likelihood of each record's whole response (sum over its tokens)."""
+    model, tokenizer = load_causal_lm(teacher_dir), load_tokenizer(teacher_dir)
+    model.eval()
+    sums: list[float] = []
+    for start in range(0, len(records), 64):
+        chunk = records[start : start + 64]
+        batch = collate(
+            [encode_example(tokenizer, p, r, max_length) for p, r in chunk],
+            int(tokenizer.pad_token_id),
+        )
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        keep = labels != IGNORE_INDEX
+        log_p = F.log_softmax(logits[:, :-1].float(), dim=-1)
+        token = log_p.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        sums.extend((token * keep).sum(dim=1).tolist())
+    return sums
+
+
 def per_task_exact_match(
     model_dir: Path, held_out: list[dict[str, str]], settings: BenchSettings
 ) -> dict[str, float]:
@@ -125,6 +148,11 @@ def main(argv: list[str] | None = None) -> None:
             stats = teacher_target_stats(teacher, subset, settings.max_length, 1.0)
             report["noise"][name] = stats
             print(f"teacher at T=1 on {name} ({len(subset)} records): {stats}", flush=True)
+        on_wrong = response_log_likelihoods(teacher, wrong, settings.max_length)
+        on_lost = response_log_likelihoods(teacher, lost, settings.max_length)
+        prefers = sum(c > w for c, w in zip(on_lost, on_wrong, strict=True)) / len(wrong)
+        report["noise"]["teacher_prefers_correct_answer"] = prefers
+        print(f"teacher likelihood prefers the correct answer on {prefers:.3f} of them", flush=True)
     records = generate_instruction_records(settings.records, seed=0)
     held_out = split_records(records, settings.eval_fraction, settings.split_seed)[1]
     student_tasks = {}
