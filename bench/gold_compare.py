@@ -5,6 +5,10 @@ the first ``student_records`` records with ``label_noise``, taught by the tokeni
 
     .venv-bench/bin/python -m bench.gold_compare [--seeds 0 1 2] [--label-noise 0.2]
         [--lmbda 0.0 0.5] [--steps 200] [--lr 3e-4]
+    .venv-bench/bin/python -m bench.gold_compare --distill-weight 0 --append  # GOLD, CE only
+    .venv-bench/bin/python -m bench.gold_compare --merge bayesian --append
+        # --append adds rows to the results JSON; our runs, when crossvocab_quality's JSON has
+        # these settings, join the table (Δ vs our ce)
 
 GOLD settings (``GOLDConfig``), chosen to equal our recipe wherever GOLD has the knob:
 ``use_uld_loss`` with GOLD's default extended (byte-aligned) ULD and ``observed`` merge,
@@ -13,7 +17,8 @@ GOLD settings (``GOLDConfig``), chosen to equal our recipe wherever GOLD has the
 temperatures 1, sampling temperature 1 and GOLD's ``top_p`` 0.95 for the ``lmbda`` share of
 on-policy batches (0: offline on the dataset responses, as our methods), ``max_steps`` =
 ``steps``, batch 16, AdamW at ``lr`` with 20 warmup steps and cosine decay, grad-norm clip 1,
-no weight decay, seed = seed, ``max_length`` 64, ``max_completion_length`` 12, fp32 on CPU.
+no weight decay, seed = seed, ``max_length`` 64, ``max_completion_length`` 12, fp32 on CPU
+(SFTConfig's defaults bf16 and activation checkpointing turned off).
 
 Data: a non-conversational ``prompt``/``completion`` dataset of the templated pairs. GOLD encodes
 ``prompt + completion`` with ``add_special_tokens=False`` and appends the student's EOS itself
