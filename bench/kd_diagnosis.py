@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,15 +44,13 @@ from ml.evaluation.generation import evaluate_model
 from ml.loading import load_causal_lm, load_tokenizer
 
 
-@torch.no_grad()
-def teacher_target_stats(
-    teacher_dir: Path, records: list[tuple[str, str]], max_length: int, temperature: float
-) -> dict[str, float]:
-    """Statistics of ``softmax(teacher logits / T)`` over the records' response tokens."""
+def _teacher_log_probs(
+    teacher_dir: Path, records: list[tuple[str, str]], max_length: int, temperature: float = 1.0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per batch of 64 records: the teacher's shifted ``log_softmax(logits / T)`` ``(B, S, V)``,
+    the labels ``(B, S)`` and the response-token mask ``(B, S)``."""
     model, tokenizer = load_causal_lm(teacher_dir), load_tokenizer(teacher_dir)
     model.eval()
-    p_label: list[torch.Tensor] = []
-    entropy: list[torch.Tensor] = []
     for start in range(0, len(records), 64):
         chunk = records[start : start + 64]
         batch = collate(
@@ -60,10 +59,21 @@ def teacher_target_stats(
         )
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
-        keep = labels != IGNORE_INDEX
-        log_p = F.log_softmax(logits[:, :-1][keep].float() / temperature, dim=-1)
-        p_label.append(log_p.gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1).exp())
-        entropy.append(-(log_p.exp() * log_p).sum(-1))
+        log_p = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
+        yield log_p, labels, labels != IGNORE_INDEX
+
+
+@torch.no_grad()
+def teacher_target_stats(
+    teacher_dir: Path, records: list[tuple[str, str]], max_length: int, temperature: float
+) -> dict[str, float]:
+    """Statistics of ``softmax(teacher logits / T)`` over the records' response tokens."""
+    p_label: list[torch.Tensor] = []
+    entropy: list[torch.Tensor] = []
+    for log_p, labels, keep in _teacher_log_probs(teacher_dir, records, max_length, temperature):
+        kept = log_p[keep]
+        p_label.append(kept.gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1).exp())
+        entropy.append(-(kept.exp() * kept).sum(-1))
     p, h = torch.cat(p_label), torch.cat(entropy)
     return {
         "tokens": float(p.numel()),
@@ -78,19 +88,8 @@ def response_log_likelihoods(
     teacher_dir: Path, records: list[tuple[str, str]], max_length: int
 ) -> list[float]:
     """The teacher's log-likelihood of each record's whole response (sum over its tokens)."""
-    model, tokenizer = load_causal_lm(teacher_dir), load_tokenizer(teacher_dir)
-    model.eval()
     sums: list[float] = []
-    for start in range(0, len(records), 64):
-        chunk = records[start : start + 64]
-        batch = collate(
-            [encode_example(tokenizer, p, r, max_length) for p, r in chunk],
-            int(tokenizer.pad_token_id),
-        )
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        keep = labels != IGNORE_INDEX
-        log_p = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    for log_p, labels, keep in _teacher_log_probs(teacher_dir, records, max_length):
         token = log_p.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
         sums.extend((token * keep).sum(dim=1).tolist())
     return sums

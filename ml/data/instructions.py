@@ -132,6 +132,16 @@ def generate_instruction_records(n: int, seed: int) -> list[Record]:
     return records
 
 
+def _distinct_by_task(records: list[Record], field: str) -> dict[str, list[str]]:
+    """Per task (``""`` for records without one), the distinct values of ``field`` in order."""
+    by_task: dict[str, list[str]] = {}
+    for record in records:
+        values = by_task.setdefault(record.get("task", ""), [])
+        if record[field] not in values:
+            values.append(record[field])
+    return by_task
+
+
 def corrupt_responses(records: list[Record], rate: float, seed: int) -> tuple[list[Record], int]:
     """Label noise: each record, independently with probability ``rate``, gets the response of
     another record of the same task whose response differs (a plausible but wrong answer, as a
@@ -144,11 +154,7 @@ def corrupt_responses(records: list[Record], rate: float, seed: int) -> tuple[li
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"rate must be in [0, 1], got {rate}")
     rng = random.Random(seed)
-    responses_by_task: dict[str, list[str]] = {}
-    for record in records:
-        responses = responses_by_task.setdefault(record.get("task", ""), [])
-        if record["response"] not in responses:
-            responses.append(record["response"])
+    responses_by_task = _distinct_by_task(records, "response")
     corrupted: list[Record] = []
     count = 0
     for record in records:
@@ -185,11 +191,7 @@ def split_records(
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     rng = random.Random(seed)
-    prompts_by_task: dict[str, list[str]] = {}
-    for record in records:
-        prompts = prompts_by_task.setdefault(record.get("task", ""), [])
-        if record["prompt"] not in prompts:
-            prompts.append(record["prompt"])
+    prompts_by_task = _distinct_by_task(records, "prompt")
     held_out: set[str] = set()
     for task in sorted(prompts_by_task):
         prompts = sorted(prompts_by_task[task])
