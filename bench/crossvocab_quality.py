@@ -26,13 +26,15 @@ from bench.kd_quality import (
     RESULTS_DIR,
     BenchData,
     BenchSettings,
+    _recipe,
     ensure_teacher,
     load_data,
     markdown_table,
     summarise,
+    train_and_save,
 )
 from ml.data.tokenizer import train_bpe_tokenizer
-from ml.distillation.recipe import DistillRecipe, RecipeConfig
+from ml.distillation.recipe import RecipeConfig
 from ml.loading import init_student_from_config, save_model
 
 METHODS = ("ce", "dskd", "uld", "mined")
@@ -72,14 +74,7 @@ def ensure_warm_student(
     if (out / "config.json").exists():
         return out
     warm = replace(settings, steps=settings.warm_start_steps, lr=settings.warm_start_lr)
-    config = _config(warm, data, teacher, student, "ce", seed)
-    recipe = DistillRecipe(config, metrics_sink=lambda _p: None, event_sink=lambda *_a: None,
-                           should_stop=lambda: False, on_checkpoint=lambda *_a: None)  # fmt: skip
-    recipe.setup()
-    recipe.train()
-    recipe.save_student(out)
-    recipe.cleanup()
-    return out
+    return train_and_save(_config(warm, data, teacher, student, "ce", seed), out)
 
 
 def _config(settings: BenchSettings, data: BenchData, teacher: Path, student: Path,
@@ -97,9 +92,7 @@ def _config(settings: BenchSettings, data: BenchData, teacher: Path, student: Pa
 
 def run_one(settings: BenchSettings, data: BenchData, teacher: Path, student: Path,
             method: str, seed: int) -> dict[str, Any]:  # fmt: skip
-    config = _config(settings, data, teacher, student, method, seed)
-    recipe = DistillRecipe(config, metrics_sink=lambda _p: None, event_sink=lambda *_a: None,
-                           should_stop=lambda: False, on_checkpoint=lambda *_a: None)  # fmt: skip
+    recipe = _recipe(_config(settings, data, teacher, student, method, seed))
     recipe.setup()
     untrained = recipe.evaluate("student") if method == "ce" else None
     started = time.perf_counter()

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from bench.kd_quality import (
     RESULTS_DIR,
     BenchSettings,
-    _recipe,
     ensure_teacher,
     load_data,
     recipe_config,
+    train_and_save,
 )
 from ml.data.examples import IGNORE_INDEX, collate, encode_example
 from ml.data.formatting import to_prompt_response
@@ -110,12 +110,7 @@ def per_task_exact_match(
 
 def train_student(settings: BenchSettings, teacher: Path, method: str, out: Path) -> Path:
     data = load_data(settings)
-    recipe = _recipe(recipe_config(settings, data, teacher, method, seed=0))
-    recipe.setup()
-    recipe.train()
-    recipe.save_student(out)
-    recipe.cleanup()
-    return out
+    return train_and_save(recipe_config(settings, data, teacher, method, seed=0), out)
 
 
 def main(argv: list[str] | None = None) -> None:

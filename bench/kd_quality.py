@@ -268,6 +268,16 @@ def _recipe(config: RecipeConfig) -> DistillRecipe:
     )
 
 
+def train_and_save(config: RecipeConfig, out: Path) -> Path:
+    """Train a student with ``config`` to its last step and save it into ``out``."""
+    recipe = _recipe(config)
+    recipe.setup()
+    recipe.train()
+    recipe.save_student(out)
+    recipe.cleanup()
+    return out
+
+
 def ensure_warm_student(
     settings: BenchSettings, data: BenchData, teacher: Path, seed: int, cache_dir: Path = CACHE_DIR
 ) -> Path:
@@ -279,12 +289,7 @@ def ensure_warm_student(
     if (out / "config.json").exists():
         return out
     warm = replace(settings, steps=settings.warm_start_steps, lr=settings.warm_start_lr)
-    recipe = _recipe(recipe_config(warm, data, teacher, "ce", seed))
-    recipe.setup()
-    recipe.train()
-    recipe.save_student(out)
-    recipe.cleanup()
-    return out
+    return train_and_save(recipe_config(warm, data, teacher, "ce", seed), out)
 
 
 def run_one(
