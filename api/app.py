@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -32,7 +33,19 @@ from models.session import API_THREADS
 async def _thread_pool_within_db_pool(_app: FastAPI) -> AsyncIterator[None]:
     # Fewer threads than pooled connections: see models.session.API_THREADS.
     anyio.to_thread.current_default_thread_limiter().total_tokens = API_THREADS
+    await anyio.to_thread.run_sync(_declare_broker_queues)
     yield
+
+
+def _declare_broker_queues() -> None:
+    """The SQL broker's queue rows, before the first publish (workers.celery_app explains the
+    race). A failure is logged, not fatal: a job whose send fails stays queued for the sweeper."""
+    from workers.celery_app import declare_broker_queues
+
+    try:
+        declare_broker_queues()
+    except Exception:
+        logging.getLogger(__name__).exception("could not declare the broker's queues")
 
 
 def create_app() -> FastAPI:

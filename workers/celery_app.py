@@ -53,14 +53,45 @@ def make_celery() -> Celery:
 celery_app = make_celery()
 
 
+def declare_broker_queues(app: Celery = celery_app, attempts: int = 8) -> None:
+    """Create the broker's tables and queue rows once, before any process publishes or consumes.
+
+    kombu's SQLAlchemy transport (the embedded default) creates them on first use with a
+    check-then-insert guarded only by an in-process lock: two processes starting together (the
+    API publishing its first job while the worker declares its queues) can both insert, and the
+    loser's error ended the worker (CI, 2026-12-05: "UNIQUE constraint failed: kombu_queue.name").
+    Each attempt uses a fresh connection, so a failed one leaves no broken session behind; the
+    rows exist after any attempt that succeeded in any process. Redis needs none of this."""
+    import random
+    import time
+
+    if not app.conf.broker_url.startswith("sqla+"):
+        return
+    for attempt in range(1, attempts + 1):
+        try:
+            with app.connection_for_write() as connection:
+                channel = connection.default_channel
+                for name in QUEUES:
+                    channel.queue_declare(queue=name)
+            return
+        except Exception:
+            if attempt == attempts:
+                raise
+            time.sleep(random.uniform(0.05, 0.25) * attempt)
+
+
 def _start_sweeper(**_kwargs: object) -> None:
     from workers.sweeper import Sweeper
 
     Sweeper(get_settings()).start()
 
 
+# Before the consumer declares its queues: see declare_broker_queues.
+from celery.signals import worker_init, worker_ready  # noqa: E402
+
+worker_init.connect(lambda **_kwargs: declare_broker_queues(), weak=False)
+
 # Every worker sweeps; the guarded UPDATEs make concurrent sweepers safe.
-from celery.signals import worker_ready  # noqa: E402
 
 worker_ready.connect(_start_sweeper, weak=False)
 

@@ -71,6 +71,37 @@ def test_stopping_distill_serve_stops_its_worker(embedded_stack):
     assert not alive, "the worker outlived `distill serve`"
 
 
+def test_distill_serve_replaces_a_worker_that_died(embedded_stack, tiny_teacher, jsonl_file):
+    """A worker SIGKILLed under `distill serve` (as an OOM kill would) is started again, and a
+    job posted afterwards runs: the embedded service never sits with queued jobs and no worker."""
+    import os
+    import signal
+
+    import psutil
+
+    from tests.support.stack import wait_until
+
+    stack, api = embedded_stack
+    serve = psutil.Process(stack.procs["serve"].pid)
+
+    def workers() -> list[psutil.Process]:
+        return [c for c in serve.children() if "celery" in " ".join(c.cmdline())]
+
+    (dead,) = workers()
+    os.kill(dead.pid, signal.SIGKILL)
+    psutil.wait_procs([dead], timeout=30)
+    wait_until(lambda: [w.pid for w in workers()] not in ([], [dead.pid]), timeout=60,
+               what="a new worker")  # fmt: skip
+    assert len(workers()) == 1
+
+    spec = distill_spec(api.register(tiny_teacher), api.upload_dataset(jsonl_file), max_steps=2,
+                        checkpoint_every=0)  # fmt: skip
+    job_id = api.call("POST", "/v1/jobs", 201, json=spec)["id"]
+    job = api.wait_status(job_id, TERMINAL, timeout=300)
+    assert job["status"] == "succeeded", (job, api.events(job_id))
+    assert "exited with -9" in (stack.log_dir / "serve.log").read_text()
+
+
 def test_same_spec_and_seed_give_the_same_metrics(embedded_stack, tiny_teacher, jsonl_file):
     """Reproducible on one machine: two jobs from one spec record identical losses, and each
     records what it ran on."""
