@@ -39,15 +39,15 @@ from ml.distillation.checkpointing import (
     read_checkpoint_tensors,
     write_checkpoint,
 )
-from ml.distillation.chunked import check_logits_from_hidden
 from ml.distillation.distributed import World
-from ml.distillation.lora import LoraSettings, apply_lora, save_lora_student
+from ml.distillation.lora import save_lora_student
 from ml.distillation.recipe_config import (
     CROSS_VOCAB_LOSSES,
     MetricPoint,
     RecipeConfig,
     TrainOutcome,
 )
+from ml.distillation.recipe_models import load_run_models
 from ml.distillation.remote_teacher import ScoreFn
 from ml.distillation.schedule import build_scheduler
 from ml.distillation.sharding import (
@@ -55,15 +55,13 @@ from ml.distillation.sharding import (
     checkpoint_sources,
     gather_full_state,
     load_full_state,
-    shard_student,
     unsharded_copy,
 )
 from ml.distillation.step_losses import MicroBatch, StepLosses
-from ml.distillation.student_init import build_student
 from ml.distillation.taid import TaidSchedule
 from ml.distillation.teacher_signal import TeacherSignal, build_teacher_signal
 from ml.evaluation.generation import evaluate_model
-from ml.loading import load_causal_lm, load_tokenizer, save_model
+from ml.loading import load_causal_lm, save_model
 
 METRICS_FLUSH_EVERY = 10
 
@@ -118,50 +116,13 @@ class DistillRecipe:
         # Seeds first: the student's random init (or layer copy) must not depend on call order.
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        # Tokenizer before models: a config-initialised student takes its vocabulary size.
-        # Across vocabularies the student keeps its own tokenizer (and reads with it).
-        cross = cfg.loss in CROSS_VOCAB_LOSSES
-        # A student model keeps its own tokenizer where no same-vocabulary KD ties it to the
-        # teacher's (ce, cross-vocabulary losses); the teacher is then evaluated with its own.
-        own = cfg.student_path is not None and (cross or cfg.loss == "ce")
-        source = cfg.student_path if own or cfg.teacher_path is None else cfg.teacher_path
-        self.tokenizer = load_tokenizer(source)  # type: ignore[arg-type]
-        self._teacher_tokenizer = self.tokenizer
-        if own and cfg.teacher_path is not None:
-            self._teacher_tokenizer = load_tokenizer(cfg.teacher_path)
-        if cfg.teacher_path is not None:
-            self.teacher = load_causal_lm(cfg.teacher_path, device=cfg.device)
-            self.teacher.requires_grad_(False)
-        student = build_student(
-            student_path=cfg.student_path,
-            student_init=cfg.student_init,
-            teacher=self.teacher,
-            tokenizer=self.tokenizer,
-        )
-        if cfg.lora is not None:  # adapters before .to(): peft creates them on the base's device
-            lora = dict(cfg.lora)
-            lora["target_modules"] = tuple(
-                lora.get("target_modules") or LoraSettings().target_modules
-            )
-            student = apply_lora(student, LoraSettings(**lora))  # type: ignore[assignment]
-        # float32 master weights everywhere; cuda computes under bf16 autocast instead.
-        if self._fsdp:
-            # Equal weights on every rank first; sharding then moves each shard to its device.
-            student.to(dtype=torch.float32)  # type: ignore[call-arg]
-            self._world.broadcast_parameters(student)
-            shard_student(student)
-        else:
-            student.to(device=self.device, dtype=torch.float32)  # type: ignore[call-arg]
-        student.train()
-        self.student = student
+        models = load_run_models(cfg, self.device, self._world, fsdp=self._fsdp)
+        self.tokenizer, self._teacher_tokenizer = models.tokenizer, models.teacher_tokenizer
+        self.teacher, self.student = models.teacher, models.student
+        student = models.student
         self._trainable: torch.nn.Module = student
-        if not own:
-            self._check_vocabularies()
-        if cfg.kd_chunk_tokens and self.teacher is not None:
-            check_logits_from_hidden(student, name="student")
-            check_logits_from_hidden(self.teacher, name="teacher")
         # Data before the optimizer: the schedule needs the number of steps.
-        if cross:
+        if cfg.loss in CROSS_VOCAB_LOSSES:
             assert self.teacher is not None and cfg.teacher_path is not None
             self._cross, self._trainable = build_cross_step(
                 cfg, student, self.teacher, self.tokenizer, self._teacher_tokenizer, self.device
@@ -231,18 +192,6 @@ class DistillRecipe:
             {"params": decay, "weight_decay": self.config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-
-    def _check_vocabularies(self) -> None:
-        assert self.student is not None
-        if self.teacher is None:
-            return
-        student_vocab = self.student.get_output_embeddings().weight.shape[0]
-        teacher_vocab = self.teacher.get_output_embeddings().weight.shape[0]
-        if student_vocab != teacher_vocab:
-            raise ValueError(
-                f"student vocabulary ({student_vocab}) differs from the teacher's "
-                f"({teacher_vocab}); same-vocabulary KD needs them equal"
-            )
 
     def _resume(self, path: Path) -> None:
         assert self.student is not None

@@ -40,9 +40,13 @@ def test_processes_starting_together_all_get_the_queues(tmp_path: Path) -> None:
 
     start = time.time() + 15  # after every participant has imported celery, even on 2 cores
     procs = [
-        subprocess.Popen([sys.executable, "-c", _PARTICIPANT, str(start), str(tmp_path),
-                          str(ROUNDS)], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-c", _PARTICIPANT, str(start), str(tmp_path), str(ROUNDS)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
         for _ in range(PROCESSES)
     ]
     for proc in procs:
