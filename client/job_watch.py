@@ -8,6 +8,7 @@ stream resumes by itself after a dropped connection, so nothing is shown twice.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -16,6 +17,10 @@ from client.job_stream import StreamMessage
 from client.sdk import DistillClient
 
 LOSS_METRIC_KEY = "train/loss"
+# A job sends several metrics per step: the bar is drawn when its status or total changes, and
+# for a new step or loss at most this often (a terminal stays live, a log file stays small).
+TERMINAL_REDRAW_SECONDS = 0.1
+FILE_REDRAW_SECONDS = 5.0
 
 
 class JobProgressView:
@@ -29,6 +34,10 @@ class JobProgressView:
         self.bar = tqdm(
             total=None, unit="step", dynamic_ncols=True, file=self.stream, desc=job_id, leave=True
         )
+        is_tty = getattr(self.stream, "isatty", lambda: False)()
+        self._min_interval = TERMINAL_REDRAW_SECONDS if is_tty else FILE_REDRAW_SECONDS
+        self._drawn: tuple[Any, ...] | None = None
+        self._drawn_at = 0.0
 
     def handle(self, message: StreamMessage) -> None:
         if message.event == "status":
@@ -52,8 +61,15 @@ class JobProgressView:
         postfix: dict[str, Any] = {"status": self.job.get("status")}
         if self.latest_loss is not None:
             postfix["loss"] = f"{self.latest_loss:.4f}"
-        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.set_postfix(postfix, refresh=False)  # close() draws the latest state
+        # A new status or total is drawn at once; step and loss at most every interval.
+        shown = (self.bar.total, postfix["status"], self.bar.n, postfix.get("loss"))
+        now = time.monotonic()
+        if self._drawn is not None and self._drawn[:2] == shown[:2]:
+            if self._drawn == shown or now - self._drawn_at < self._min_interval:
+                return
         self.bar.refresh()
+        self._drawn, self._drawn_at = shown, now
 
     def close(self) -> None:
         self.bar.close()
