@@ -59,13 +59,14 @@ def declare_broker_queues(app: Celery = celery_app, attempts: int = 8) -> None:
     kombu's SQLAlchemy transport (the embedded default) creates them on first use with a
     check-then-insert guarded only by an in-process lock: two processes starting together (the
     API publishing its first job while the worker declares its queues) can both insert, and the
-    loser's error ended the worker (CI, 2026-12-05: "UNIQUE constraint failed: kombu_queue.name").
+    loser fails (CI, 2026-12-05: "UNIQUE constraint failed: kombu_queue.name", and the job
+    never ran).
     Each attempt uses a fresh connection, so a failed one leaves no broken session behind; the
     rows exist after any attempt that succeeded in any process. Redis needs none of this."""
     import random
     import time
 
-    if not app.conf.broker_url.startswith("sqla+"):
+    if not str(app.conf.broker_url or "").startswith("sqla+"):
         return
     for attempt in range(1, attempts + 1):
         try:
@@ -92,7 +93,6 @@ from celery.signals import worker_init, worker_ready  # noqa: E402
 worker_init.connect(lambda **_kwargs: declare_broker_queues(), weak=False)
 
 # Every worker sweeps; the guarded UPDATEs make concurrent sweepers safe.
-
 worker_ready.connect(_start_sweeper, weak=False)
 
 
