@@ -3,7 +3,6 @@ default (SQLite + a SQLAlchemy broker under DISTILL_HOME): nothing else to insta
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -50,17 +49,18 @@ class _SupervisedWorkers:
 
     @staticmethod
     def _start() -> subprocess.Popen[bytes]:
-        env = os.environ.copy()
-        return subprocess.Popen(worker_command(), env=env, preexec_fn=_die_with_parent)
+        return subprocess.Popen(worker_command(), preexec_fn=_die_with_parent)
 
     def _watch(self) -> None:
         while not self._stopping.wait(1.0):
             for slot, proc in enumerate(self.procs):
                 if proc.poll() is None:
                     continue
-                lived = time.monotonic() - self._started[slot]
-                self._quick_deaths[slot] = self._quick_deaths[slot] + 1 if lived < 30 else 0
-                delay = min(60.0, 2.0 ** self._quick_deaths[slot]) if lived < 30 else 0.0
+                if time.monotonic() - self._started[slot] < 30:
+                    self._quick_deaths[slot] += 1
+                    delay = min(60.0, 2.0 ** self._quick_deaths[slot])
+                else:
+                    self._quick_deaths[slot], delay = 0, 0.0
                 print(f"distill: worker {proc.pid} exited with {proc.returncode}; "
                       f"starting another in {delay:.0f}s", file=sys.stderr, flush=True)  # fmt: skip
                 if self._stopping.wait(delay):
@@ -87,12 +87,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> int:
     from api.config import get_settings
     from api.migrate import upgrade
     from api.projects.admin import ensure_local_credentials
-    from workers.celery_app import declare_broker_queues
 
     settings = get_settings()
     upgrade(settings.resolved_database_url)
-    # Before the API and the workers start: they would otherwise race to create the queues.
-    declare_broker_queues()
     creds = ensure_local_credentials(settings, f"http://{host}:{port}")
     print(f"distill: project {creds['project_id']}; key in {settings.home / 'credentials.json'}")
     print(f"distill: database {settings.resolved_database_url}")
